@@ -1,0 +1,3 @@
+from deeplense_tf.cli import main
+
+raise SystemExit(main())
