@@ -16,9 +16,9 @@ CLASS_NAMES = ("no_sub", "cdm", "axion")
 TARGET_PREFIX = "target/"
 NUISANCE_PREFIX = "nuisance/"
 
-# Elements of the dihedral group D4 acting on an image array indexed [row, col].
-# "rot90" turns the image by 90 degrees counter-clockwise as displayed with origin="lower"
-# (np.rot90 on the [row, col] array); "flip_x" mirrors columns (x -> -x).
+# Elements of the dihedral group D4 acting on an image array indexed [row, col], with
+# row <-> y and col <-> x (lenstronomy's pixel grid). The exact action of each element on
+# pixels, positions and spin-2 quantities is defined once, in data/augment.py.
 D4_ELEMENTS = (
     "identity",
     "rot90",
