@@ -1,0 +1,36 @@
+"""Data sets: the record schema, readers for every supported source, D4 augmentation and
+the tf.data pipeline (see docs/architecture.md and docs/data-formats.md).
+
+The public names below load lazily, so `import deeplense_tf.data.schema` (in simulation
+worker processes, say) does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Examples": "readers",
+    "check_target_names": "readers",
+    "load_examples": "readers",
+    "read_manifest": "readers",
+    "validate_images": "readers",
+    "build_dataset": "pipeline",
+    "resolve_target_stats": "pipeline",
+    "verify_split": "pipeline",
+    "d4_images": "augment",
+    "transform_targets": "augment",
+    "inverse_transform_targets": "augment",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,55 @@
+"""Models: the name -> builder registry, layers, encoders and heads.
+
+    from deeplense_tf.models import build_model, MODEL_NAMES, make_losses
+    model = build_model("resnet", (64, 64, 1), ["log10_m_axion"], crop=48)
+    model.compile("adamw", loss=make_losses("gaussian", ["log10_m_axion"]))
+
+See `registry` for the layer naming rule (`image`, `preprocess`, ..., `embedding`,
+heads) and `heads` for the output conventions.
+"""
+
+from deeplense_tf.models import cnn, cnn_lstm, efficientnet, resnet, vit  # noqa: F401  (register builders)
+from deeplense_tf.models.heads import (
+    HEADS,
+    LOG_VAR_LIMIT,
+    POINT_LOSSES,
+    GaussianNLL,
+    SoftClipLogVariance,
+    make_losses,
+    make_metrics,
+    split_gaussian,
+)
+from deeplense_tf.models.layers import AddPositionEmbedding, ImagePreprocess, PatchSequence, PolarUnwrap
+from deeplense_tf.models.registry import (
+    MODEL_NAMES,
+    build_model,
+    embedding_model,
+    encoder_layers,
+    head_layers,
+    model_options,
+    register,
+    set_encoder_trainable,
+)
+
+__all__ = [
+    "HEADS",
+    "LOG_VAR_LIMIT",
+    "MODEL_NAMES",
+    "POINT_LOSSES",
+    "AddPositionEmbedding",
+    "GaussianNLL",
+    "ImagePreprocess",
+    "PatchSequence",
+    "PolarUnwrap",
+    "SoftClipLogVariance",
+    "build_model",
+    "embedding_model",
+    "encoder_layers",
+    "head_layers",
+    "make_losses",
+    "make_metrics",
+    "model_options",
+    "register",
+    "set_encoder_trainable",
+    "split_gaussian",
+]

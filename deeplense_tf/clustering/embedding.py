@@ -1,0 +1,273 @@
+"""Feature vectors from a named intermediate layer of a Keras model.
+
+`embedding_model(model, layer)` cuts a functional model at a layer; `extract_features`
+runs it over images in batches; `save_embeddings` / `load_embeddings` store the result as
+`.npz` together with every label and nuisance parameter of the data set.
+
+Layer outputs that are not already one vector per example are handled like this:
+
+- rank 2 `[B, D]`: used as is;
+- rank 3 `[B, T, C]` (a sequence) and rank 4/5 `[B, H, W, C]` (feature maps): averaged over
+  every axis except the batch and the last (global average pooling), so a convolutional or
+  recurrent layer gives one C-vector per image whatever its spatial size. `pooling="max"`
+  takes the maximum instead, and `pooling="flatten"` keeps every value when the flat size
+  is known and at most `MAX_FLAT_FEATURES`;
+- a rank-1 output, a non-float output, or a layer with several outputs (tuple, list, dict)
+  is refused with a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deeplense_tf.errors import ConfigError, DataError
+
+DEFAULT_LAYER = "embedding"
+POOLINGS = ("mean", "max", "flatten")
+# Beyond this a flattened feature map is mostly pixels; clustering it says little and costs
+# N x D memory at every step.
+MAX_FLAT_FEATURES = 16384
+
+_TARGET_KEY = "target/"
+_NUISANCE_KEY = "nuisance/"
+
+
+def layer_names(model) -> list[str]:
+    """Names usable as `layer`: top-level layers, then `outer/inner` for nested models."""
+    names = []
+    for layer in model.layers:
+        names.append(layer.name)
+        if _is_functional(layer):
+            names.extend(f"{layer.name}/{inner}" for inner in layer_names(layer))
+    return names
+
+
+def _is_functional(layer) -> bool:
+    return hasattr(layer, "layers") and hasattr(layer, "inputs") and hasattr(layer, "get_layer")
+
+
+def _find_layer_output(model, name: str):
+    """Symbolic output of layer `name` expressed in terms of `model.inputs`."""
+    top = {layer.name: layer for layer in model.layers}
+    if name in top:
+        return _single_output(top[name], name)
+    # A nested functional model: `outer/inner`, or a bare inner name when it is unique.
+    if "/" in name:
+        outer_name, inner_name = name.split("/", 1)
+        candidates = [(top[outer_name], inner_name)] if outer_name in top else []
+    else:
+        candidates = [
+            (layer, name)
+            for layer in model.layers
+            if _is_functional(layer) and name in layer_names(layer)
+        ]
+    if len(candidates) != 1:
+        return None
+    outer, inner_name = candidates[0]
+    if not _is_functional(outer) or inner_name not in layer_names(outer):
+        return None
+    nodes = getattr(outer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+        raise ConfigError(
+            f"layer {name!r} is inside sub-model {outer.name!r}, which is called "
+            f"{len(nodes)} times or with several inputs; choose a top-level layer"
+        )
+    import keras
+
+    inner_out = _find_layer_output(outer, inner_name)
+    cut = keras.Model(outer.inputs[0], inner_out, name=f"{outer.name}_cut")
+    return cut(nodes[0].input_tensors[0])
+
+
+def _single_output(layer, name: str):
+    try:
+        out = layer.output
+    except (AttributeError, ValueError) as err:
+        raise ConfigError(f"layer {name!r} has no single output ({err})") from err
+    if isinstance(out, (list, tuple, dict)):
+        raise ConfigError(
+            f"layer {name!r} has {len(out)} outputs; choose a layer with one tensor output"
+        )
+    return out
+
+
+def embedding_model(model, layer: str | None = None, pooling: str = "mean"):
+    """A `keras.Model` mapping `model`'s inputs to one feature vector `[B, D]` per example.
+
+    `layer` defaults to `"embedding"` (the encoder's pooled output in every model of
+    `deeplense_tf.models`). Raises `ConfigError` for an unknown layer (listing the valid
+    names) or an output that cannot be made into one vector per example.
+    """
+    import keras
+
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    name = layer or DEFAULT_LAYER
+    out = _find_layer_output(model, name)
+    if out is None:
+        valid = layer_names(model)
+        raise ConfigError(
+            f"model {model.name!r} has no layer {name!r}; valid layer names: {', '.join(valid)}"
+        )
+    rank = len(out.shape)
+    dtype = str(out.dtype)
+    if "float" not in dtype:
+        raise ConfigError(f"layer {name!r} outputs {dtype}, not floating-point features")
+    if rank < 2:
+        raise ConfigError(f"layer {name!r} outputs shape {tuple(out.shape)}: no feature axis")
+    if rank > 2:
+        if pooling == "flatten":
+            flat = out.shape[1:]
+            if any(d is None for d in flat):
+                raise ConfigError(
+                    f"layer {name!r} output {tuple(out.shape)} has unknown sizes and cannot "
+                    "be flattened; use pooling='mean'"
+                )
+            size = int(np.prod(flat))
+            if size > MAX_FLAT_FEATURES:
+                raise ConfigError(
+                    f"layer {name!r} output {tuple(out.shape)} flattens to {size} features "
+                    f"(more than {MAX_FLAT_FEATURES}); use pooling='mean' or a deeper layer"
+                )
+            out = keras.layers.Flatten(name="embedding_flatten")(out)
+        else:
+            reduce = keras.ops.mean if pooling == "mean" else keras.ops.max
+            axes = tuple(range(1, rank - 1))
+            out = keras.layers.Lambda(lambda t: reduce(t, axis=axes), name="embedding_pool")(out)
+    # A single input passed as itself (not a one-element list) matches how callers feed it.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, out, name=f"{model.name}_{name.replace('/', '_')}")
+
+
+def check_images(model, images: np.ndarray, source: str = "data") -> np.ndarray:
+    """Images as float32 `[N, H, W, C]` that fit `model`'s input, or `DataError`."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"{source}: images have shape {images.shape}, expected [N, H, W, C]")
+    if len(images) == 0:
+        raise DataError(f"{source}: no images")
+    expected = tuple(model.inputs[0].shape[1:])
+    fits = len(expected) == 3 and all(
+        e is None or e == g for e, g in zip(expected, images.shape[1:])
+    )
+    if not fits:
+        raise DataError(
+            f"{source}: images of shape {images.shape[1:]} do not fit the model, "
+            f"which takes {tuple(expected)} (height, width, channels)"
+        )
+    return images.astype(np.float32, copy=False)
+
+
+def extract_features(
+    model,
+    images: np.ndarray,
+    *,
+    layer: str | None = None,
+    pooling: str = "mean",
+    batch_size: int = 256,
+    progress: bool = True,
+    desc: str = "embedding",
+    source: str = "data",
+) -> np.ndarray:
+    """Features `[N, D]` float32 of `images` `[N, H, W, C]` at `layer` (inference mode).
+
+    Batches of `batch_size` keep memory flat; the result is deterministic because every
+    layer runs with `training=False` (no dropout, batch-norm moving statistics).
+    """
+    from tqdm.auto import tqdm
+
+    images = check_images(model, images, source)
+    cut = embedding_model(model, layer, pooling)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+        batch = images[start : start + batch_size]
+        chunks.append(np.asarray(cut(batch, training=False), dtype=np.float32))
+    features = np.concatenate(chunks, axis=0)
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{source}: layer {layer or DEFAULT_LAYER!r} gave non-finite features for "
+            f"{int(bad.sum())} of {len(features)} images (first: index {int(np.argmax(bad))}); "
+            "check the images for NaN/inf pixels"
+        )
+    return features
+
+
+@dataclass
+class Embeddings:
+    """Features with the labels of the images they came from (all arrays length N)."""
+
+    features: np.ndarray
+    layer: str
+    class_id: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    nuisance: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+
+    @classmethod
+    def from_examples(cls, features: np.ndarray, examples, layer: str) -> Embeddings:
+        """Pair `features` with the labels of an `Examples` (data.load_examples)."""
+        class_id = getattr(examples, "class_id", None)
+        return cls(
+            features=np.asarray(features, dtype=np.float32),
+            layer=layer,
+            class_id=None if class_id is None else np.asarray(class_id),
+            class_names=tuple(getattr(examples, "class_names", ()) or ()),
+            targets={k: np.asarray(v, float) for k, v in (examples.targets or {}).items()},
+            nuisance={k: np.asarray(v, float) for k, v in (examples.nuisance or {}).items()},
+            source=str(getattr(examples, "source", "")),
+        )
+
+
+def save_embeddings(path, embeddings: Embeddings) -> str:
+    """Write `embeddings` to `path` (.npz): `features`, `layer`, `source`, `class_id`,
+    `class_names`, `target/<name>`, `nuisance/<name>`. Returns the path written."""
+    arrays = {
+        "features": embeddings.features,
+        "layer": np.array(embeddings.layer),
+        "source": np.array(embeddings.source),
+        "class_names": np.array(embeddings.class_names, dtype=str),
+    }
+    if embeddings.class_id is not None:
+        arrays["class_id"] = embeddings.class_id
+    arrays.update({_TARGET_KEY + k: v for k, v in embeddings.targets.items()})
+    arrays.update({_NUISANCE_KEY + k: v for k, v in embeddings.nuisance.items()})
+    path = str(path)
+    np.savez_compressed(path, **arrays)
+    return path if path.endswith(".npz") else path + ".npz"
+
+
+def load_embeddings(path) -> Embeddings:
+    """Read a file written by `save_embeddings`."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable embeddings .npz ({err})") from err
+    with data:
+        if "features" not in data.files:
+            raise DataError(f"{path}: no 'features' array; not written by save_embeddings")
+        return Embeddings(
+            features=data["features"],
+            layer=str(data["layer"]) if "layer" in data.files else "",
+            class_id=data["class_id"] if "class_id" in data.files else None,
+            class_names=tuple(str(c) for c in data["class_names"])
+            if "class_names" in data.files
+            else (),
+            targets={
+                k[len(_TARGET_KEY) :]: data[k] for k in data.files if k.startswith(_TARGET_KEY)
+            },
+            nuisance={
+                k[len(_NUISANCE_KEY) :]: data[k]
+                for k in data.files
+                if k.startswith(_NUISANCE_KEY)
+            },
+            source=str(data["source"]) if "source" in data.files else "",
+        )

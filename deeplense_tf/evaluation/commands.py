@@ -1,0 +1,89 @@
+"""`deeplense evaluate --run RUN [--data PATH] [--split test] [--tta] [--out DIR]`.
+
+Loads the run, reads the data set (default: the test split of the data the run was
+trained on, from RUN/config.yaml), checks that its images and targets fit the run,
+and writes `metrics.json` (overall and binned), `predictions.csv` and one figure per
+target into RUN/eval/ (or --out). TensorFlow is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deeplense_tf.errors import DataError
+from deeplense_tf.evaluation.metrics import DEFAULT_BINS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="RUN", help="run folder written by `deeplense train`")
+    parser.add_argument(
+        "--data", metavar="PATH",
+        help="data set to evaluate on: simulated data directory, DeepLense .npy folder, .npz or .h5 "
+        "(default: the run's training data, from RUN/config.yaml)",
+    )
+    parser.add_argument("--split", default="test", help="split of a simulated data directory (default: test)")
+    parser.add_argument("--limit", type=int, metavar="N", help="use only the first N examples")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average predictions over the 8 D4 symmetries")
+    parser.add_argument("--bins", type=int, default=DEFAULT_BINS,
+                        help=f"equal-width bins across each target's true range (default: {DEFAULT_BINS})")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval)")
+
+
+def default_data_path(run, run_path) -> str:
+    """The run's training data directory from its resolved config; DataError if it is gone."""
+    path = ((run.config or {}).get("data") or {}).get("path")
+    if not path:
+        raise DataError(f"{Path(run_path) / 'config.yaml'}: no data.path to evaluate on; pass --data PATH")
+    if not Path(path).exists():
+        raise DataError(
+            f"{Path(run_path) / 'config.yaml'}: the run's training data {path} does not exist (any more); "
+            f"pass --data PATH"
+        )
+    return str(path)
+
+
+def evaluate_command(
+    run_path,
+    data=None,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    tta: bool = False,
+    bins: int = DEFAULT_BINS,
+    batch_size: int = 256,
+    out=None,
+    verbose: bool = True,
+) -> dict:
+    """What `deeplense evaluate` does, callable from Python (the quickstart uses it).
+
+    Returns the metrics dict (as in metrics.json) with `out_dir` and `written` added.
+    """
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.report import evaluate_run, format_table, write_evaluation
+    from deeplense_tf.training.run import Run
+
+    if bins < 1:
+        raise DataError(f"--bins must be at least 1, got {bins}")
+    run = Run.load(run_path)
+    data = str(data) if data is not None else default_data_path(run, run_path)
+    examples = load_examples(data, split=split, limit=limit)
+    metrics, table = evaluate_run(run, examples, tta=tta, bins=bins, batch_size=batch_size)
+    metrics = {"run": str(run_path), "split": split, **metrics}
+    out_dir = Path(out) if out is not None else Path(run_path) / "eval"
+    written = write_evaluation(metrics, table, out_dir)
+    if verbose:
+        print(format_table(metrics))
+        for path in written:
+            print(f"wrote {path}")
+    return dict(metrics, out_dir=str(out_dir), written=[str(p) for p in written])
+
+
+def run(args) -> int:
+    evaluate_command(
+        args.run, args.data, split=args.split, limit=args.limit, tta=args.tta, bins=args.bins,
+        batch_size=args.batch_size, out=args.out,
+    )
+    return 0

@@ -1,0 +1,202 @@
+"""Name -> encoder builder registry, `build_model`, and the encoder/head split.
+
+A builder is a function `builder(x, **options) -> features`: it takes the
+preprocessed image tensor `[B, h, w, c]` (after `ImagePreprocess`) and returns
+the pooled feature vector `[B, D]`. Its keyword arguments, with their defaults,
+are the model's options; `build_model` rejects any other option by name.
+
+Layer naming rule (what fine-tuning and clustering rely on):
+- `image`: the input, raw pixels `[B, H, W, C]`.
+- `preprocess`: `ImagePreprocess` (crop + normalisation).
+- everything between `preprocess` and `embedding` is the encoder.
+- `embedding`: identity layer whose output is the pooled feature vector `[B, D]`
+  (float32).
+- after it, the head: optional `head_dropout`, then per target either `<target>`
+  (point) or `head_<target>` + `<target>` (Gaussian).
+`encoder_layers(model)` returns `preprocess` through `embedding` (the layers to
+freeze when fine-tuning only the head); `head_layers(model)` returns the rest.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import keras
+
+from deeplense_tf.data import transforms
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.models.heads import HEADS, add_heads
+from deeplense_tf.models.layers import ImagePreprocess
+
+_BUILDERS: dict[str, Callable] = {}
+
+#: Registered model names, in registration order. Extend it with `register`.
+MODEL_NAMES: list[str] = []
+
+#: Options every model takes, handled by `build_model` itself.
+COMMON_OPTIONS = {"dropout": 0.0}
+
+
+def register(name: str):
+    """Decorator: register `builder(x, **options) -> features` under `name`."""
+
+    def decorator(builder: Callable) -> Callable:
+        if name in _BUILDERS and _BUILDERS[name] is not builder:
+            raise ValueError(f"model name {name!r} is already registered")
+        if name not in _BUILDERS:
+            MODEL_NAMES.append(name)
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def _get_builder(name: str) -> Callable:
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return _BUILDERS[name]
+
+
+def model_options(name: str) -> dict:
+    """The options model `name` accepts, with their defaults (common ones included)."""
+    params = inspect.signature(_get_builder(name)).parameters.values()
+    options = {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY}
+    return {**options, **COMMON_OPTIONS}
+
+
+def _check_inputs(name, input_shape, targets, head, normalization, crop):
+    shape = tuple(input_shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ConfigError(f"model {name!r}: input_shape must be (H, W, C), got {input_shape!r}")
+    targets = list(targets)
+    if not targets:
+        raise ConfigError(f"model {name!r}: no targets given")
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"model {name!r}: duplicate target names in {targets}")
+    reserved = {"image", "preprocess", "embedding", "head_dropout"}
+    for target in targets:
+        if not isinstance(target, str) or not target or "/" in target or target in reserved:
+            raise ConfigError(
+                f"model {name!r}: target name {target!r} cannot name a layer "
+                f"(non-empty, no '/', not one of {sorted(reserved)})"
+            )
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    if normalization not in transforms.NORMALIZATIONS:
+        raise ConfigError(
+            f"unknown normalization {normalization!r}; choose from "
+            f"{', '.join(transforms.NORMALIZATIONS)}"
+        )
+    if crop is not None and (not isinstance(crop, int) or crop <= 0 or crop > min(shape[:2])):
+        raise ConfigError(
+            f"crop {crop!r} must be a positive number of pixels no larger than the image "
+            f"({shape[0]}x{shape[1]})"
+        )
+    return shape, targets
+
+
+def build_model(
+    name: str,
+    input_shape,
+    targets,
+    *,
+    head: str = "gaussian",
+    normalization: str = "peak_asinh",
+    crop: int | None = None,
+    **options,
+) -> keras.Model:
+    """Build the functional model `image -> preprocess -> encoder -> embedding -> heads`.
+
+    Args:
+        name: a name from `MODEL_NAMES`.
+        input_shape: `(H, W, C)` of the raw images (`(H, W)` means one channel).
+        targets: target names; one output per target.
+        head: "gaussian" (outputs `[B, 2]` = mean, log-variance) or "point" (`[B, 1]`),
+            standardised units.
+        normalization: per-image normalisation inside the model (`transforms.NORMALIZATIONS`).
+        crop: centre crop in pixels, or None.
+        **options: builder options (see `model_options(name)`), plus `dropout` (rate
+            before the head).
+
+    Returns:
+        An uncompiled `keras.Model` named `name` with input `image` and a dict output
+        keyed by target. Raises `ConfigError` for an unknown name, option or argument.
+    """
+    builder = _get_builder(name)
+    shape, targets = _check_inputs(name, input_shape, targets, head, normalization, crop)
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown option {unknown[0]!r} for model {name!r}; allowed: {', '.join(sorted(allowed))}"
+        )
+    dropout = float(options.pop("dropout", COMMON_OPTIONS["dropout"]))
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model {name!r}: dropout must be in [0, 1), got {dropout}")
+
+    image = keras.Input(shape=shape, name="image")
+    x = ImagePreprocess(normalization, crop, name="preprocess")(image)
+    features = builder(x, **options)  # builders raise ConfigError for bad option values
+    if len(features.shape) != 2:
+        raise ValueError(f"builder {name!r} returned features of shape {features.shape}, not [B, D]")
+    features = keras.layers.Identity(name="embedding", dtype="float32")(features)
+    if dropout > 0:
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    outputs = add_heads(features, head, targets)
+    return keras.Model(image, outputs, name=name)
+
+
+def _encoder_model(model: keras.Model) -> keras.Model:
+    try:
+        embedding = model.get_layer("embedding")
+    except ValueError as err:
+        raise ConfigError(f"model {model.name!r} has no layer named 'embedding'") from err
+    return keras.Model(model.inputs, embedding.output, name=f"{model.name}_embedding")
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """`image -> embedding` model sharing `model`'s layers (and weights)."""
+    return _encoder_model(model)
+
+
+def encoder_layers(model: keras.Model) -> list:
+    """The layers from `preprocess` through `embedding` (inputs excluded), in graph order."""
+    return [
+        layer
+        for layer in _encoder_model(model).layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def head_layers(model: keras.Model) -> list:
+    """The layers after `embedding`: dropout and the per-target heads."""
+    encoder = {id(layer) for layer in encoder_layers(model)}
+    return [
+        layer
+        for layer in model.layers
+        if id(layer) not in encoder and not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def set_encoder_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze (`False`) or unfreeze the encoder; recompile the model afterwards.
+
+    Frozen BatchNormalization layers run in inference mode (Keras 3), so their
+    statistics stay those of the pretrained encoder.
+    """
+    for layer in encoder_layers(model):
+        layer.trainable = trainable
+
+
+def require(condition: bool, model: str, option: str, value, expected: str) -> None:
+    """Raise `ConfigError` naming `option` unless `condition` holds (for builders)."""
+    if not condition:
+        raise ConfigError(f"model {model!r}: option {option}={value!r} must be {expected}")
+
+
+def spatial_size(x) -> int:
+    """The smaller static side of an image tensor `[B, h, w, c]`."""
+    return int(min(x.shape[1], x.shape[2]))

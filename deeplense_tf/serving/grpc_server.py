@@ -1,0 +1,153 @@
+"""TF Serving's gRPC API (``tensorflow-serving-api`` stubs) over a `ModelStore`.
+
+`PredictionService`: Predict and GetModelMetadata (Classify, Regress and
+MultiInference answer UNIMPLEMENTED: Keras exports only predict signatures).
+`ModelService`: GetModelStatus (HandleReloadConfigRequest answers UNIMPLEMENTED).
+Errors carry TF Serving's canonical codes and messages, the same ones the REST
+API turns into HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.serving.server import DEFAULT_SIGNATURE, ModelStore
+from deeplense_tf.serving.status import CODE_NAMES, ServingError, invalid_argument
+
+log = logging.getLogger("deeplense_tf.serving")
+
+
+def _abort(context, err: ServingError):
+    code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
+    context.abort(code, err.message)
+
+
+def _spec_version_and_label(model_spec) -> tuple[int | None, str | None]:
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    label = model_spec.version_label or None
+    return version, label
+
+
+def _tensor_to_array(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as err:  # noqa: BLE001 - any malformed TensorProto is the caller's error
+        raise invalid_argument(f"input '{name}' is not a valid TensorProto: {err}") from None
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        try:
+            version, label = _spec_version_and_label(request.model_spec)
+            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
+            servable, outputs = self.store.predict(
+                request.model_spec.name, signature, inputs, version=version, label=label,
+                output_filter=list(request.output_filter))
+        except ServingError as err:
+            return _abort(context, err)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            fields = list(request.metadata_field)
+            if not fields:
+                raise invalid_argument("GetModelMetadataRequest must specify at least one "
+                                       "metadata_field")
+            for field_name in fields:
+                if field_name != "signature_def":
+                    raise invalid_argument(f"Metadata field {field_name} is not supported")
+            version, label = _spec_version_and_label(request.model_spec)
+            servable = self.store.servable(request.model_spec.name, version, label)
+        except ServingError as err:
+            return _abort(context, err)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, proto in servable.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(proto)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+    def Classify(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not served here; use Predict")
+
+    def Regress(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not served here; use Predict")
+
+    def MultiInference(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "MultiInference is not served here; use Predict")
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        try:
+            version, label = _spec_version_and_label(request.model_spec)
+            statuses = self.store.model_status(request.model_spec.name, version, label)
+        except ServingError as err:
+            return _abort(context, err)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for entry in statuses:
+            out = response.model_version_status.add()
+            out.version = entry["version"]
+            out.state = get_model_status_pb2.ModelVersionStatus.State.Value(entry["state"])
+            out.status.error_code = CODE_NAMES.index(entry["error_code"])
+            out.status.error_message = entry["error_message"]
+        return response
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "config reload is not supported here; restart `deeplense serve`")
+
+
+def start_grpc_server(store: ModelStore, host: str, port: int, *,
+                      max_message_bytes: int, max_workers: int = 32) -> tuple[grpc.Server, int]:
+    """Starts gRPC on host:port (0 = any free port); returns the server and its port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", int(max_message_bytes)),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared listener
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(store), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(store), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:
+        bound = 0
+        log.debug("gRPC bind failed: %s", err)
+    if not bound:
+        raise ConfigError(f"--grpc-port {port}: cannot listen on {address} (port in use?)")
+    server.start()
+    return server, bound

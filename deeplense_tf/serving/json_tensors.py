@@ -1,0 +1,528 @@
+"""TF Serving's JSON tensor encoding: request bodies to numpy arrays and back.
+
+Follows TF Serving's ``json_tensor.cc`` (the REST API's reference
+implementation): row format ``{"instances": [...]}`` and columnar format
+``{"inputs": ...}``, ``{"b64": "..."}`` for binary strings, ``NaN`` and
+``Infinity`` accepted in requests and written in answers, a single output's
+name dropped from the answer, and the same error messages (so a client cannot
+tell the local server from TF Serving by its 400s).
+
+Pure functions on bytes, Python values and numpy arrays; no TensorFlow import,
+so the REST client can use them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeplense_tf.serving.status import ServingError, invalid_argument
+
+ROW = "row"
+COLUMNAR = "columnar"
+
+# TF DataType enum name -> numpy dtype (strings travel as Python bytes in object arrays).
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "DT_FLOAT": np.dtype(np.float32),
+    "DT_DOUBLE": np.dtype(np.float64),
+    "DT_HALF": np.dtype(np.float16),
+    "DT_INT8": np.dtype(np.int8),
+    "DT_INT16": np.dtype(np.int16),
+    "DT_INT32": np.dtype(np.int32),
+    "DT_INT64": np.dtype(np.int64),
+    "DT_UINT8": np.dtype(np.uint8),
+    "DT_UINT16": np.dtype(np.uint16),
+    "DT_UINT32": np.dtype(np.uint32),
+    "DT_UINT64": np.dtype(np.uint64),
+    "DT_BOOL": np.dtype(np.bool_),
+    "DT_STRING": np.dtype(object),
+}
+# The short names TF's DataTypeString() prints in error messages.
+_TYPE_WORDS = {
+    "DT_FLOAT": "float", "DT_DOUBLE": "double", "DT_HALF": "half", "DT_INT8": "int8",
+    "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64", "DT_UINT8": "uint8",
+    "DT_UINT16": "uint16", "DT_UINT32": "uint32", "DT_UINT64": "uint64", "DT_BOOL": "bool",
+    "DT_STRING": "string",
+}
+# Integers outside the dtype's range are refused rather than wrapped around.
+_INT_RANGES = {
+    name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+    for name, dt in NUMPY_DTYPES.items() if dt.kind in "iu"
+}
+# Largest integer a float type holds exactly, and its largest finite value.
+_FLOAT_LIMITS = {
+    "DT_FLOAT": (2**24 - 1, float(np.finfo(np.float32).max)),
+    "DT_HALF": (2**11 - 1, float(np.finfo(np.float16).max)),
+    "DT_DOUBLE": (2**53 - 1, float(np.finfo(np.float64).max)),
+}
+_MAX_VALUE_CHARS = 200  # error messages quote the offending JSON value, cut to this
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named input or output of a signature.
+
+    `shape` has None for a free dimension (-1 in the SignatureDef); `shape` itself
+    is None when the rank is unknown.
+    """
+
+    dtype: str  # TF DataType enum name, e.g. "DT_FLOAT"
+    shape: tuple[int | None, ...] | None
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return NUMPY_DTYPES.get(self.dtype, np.dtype(object))
+
+
+@dataclass
+class PredictRequestJson:
+    """A parsed predict body: the JSON object, its signature name ("" = default)."""
+
+    doc: dict
+    signature_name: str
+    # Python's json module turns `true` into 1-compatible bools that numpy would
+    # silently accept as numbers; when the body has boolean tokens we convert
+    # value by value, like TF Serving, to reject them.
+    strict: bool
+
+
+def shape_string(shape) -> str:
+    """`[-1,64,64,1]` (TF Serving's ShapeToString), -1 for a free dimension."""
+    if shape is None:
+        return "[?]"
+    return "[" + ",".join("-1" if d is None else str(int(d)) for d in shape) + "]"
+
+
+def _value_string(value) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > _MAX_VALUE_CHARS:
+        text = text[:_MAX_VALUE_CHARS] + "...(truncated)"
+    return text
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _is_named_object(value) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
+
+
+# ---------------------------------------------------------------------------
+# Requests: JSON -> numpy
+
+
+def parse_predict_body(body: bytes) -> PredictRequestJson:
+    """Parses a ``:predict`` body (bytes) into a `PredictRequestJson`.
+
+    Raises `ServingError` (INVALID_ARGUMENT) with TF Serving's messages for an
+    empty body, malformed JSON, a non-object document or a non-string signature_name.
+    """
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        # json accepts NaN / Infinity / -Infinity, as TF Serving's kParseNanAndInfFlag does.
+        doc = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise invalid_argument(f"JSON Parse error: {err.msg} at offset: {err.pos}") from None
+    except UnicodeDecodeError as err:
+        raise invalid_argument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
+    except (ValueError, RecursionError) as err:
+        # RecursionError: nesting deeper than Python's stack; ValueError: other decode errors.
+        raise invalid_argument(f"JSON Parse error: {type(err).__name__}: {err}") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {_value_string(doc)} Is not object")
+    signature = doc.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise invalid_argument(
+            f"JSON Value: {_value_string(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value.")
+    strict = b"true" in body or b"false" in body
+    return PredictRequestJson(doc=doc, signature_name=signature, strict=strict)
+
+
+def request_inputs(
+    request: PredictRequestJson, inputs: dict[str, TensorInfo]
+) -> tuple[dict[str, np.ndarray], str]:
+    """The input arrays a predict body holds, and its format (`ROW` or `COLUMNAR`).
+
+    `inputs` maps the signature's input names to their `TensorInfo`. Shapes are
+    not checked against the signature here (the server does that for REST and
+    gRPC alike); values are checked against the dtypes.
+    """
+    doc = request.doc
+    if not inputs:
+        raise invalid_argument("Failed to get input map for signature: "
+                               f"{request.signature_name or 'DEFAULT'}")
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise invalid_argument(
+            f"JSON Value: {_value_string(doc)} Not formatted correctly expecting only one of "
+            "'inputs' or 'instances' keys to exist ")
+    if has_instances:
+        return _row_inputs(doc, inputs, request.strict), ROW
+    if has_inputs:
+        return _columnar_inputs(doc["inputs"], inputs, request.strict), COLUMNAR
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _row_inputs(doc, inputs: dict[str, TensorInfo], strict: bool) -> dict[str, np.ndarray]:
+    instances = doc["instances"]
+    if not isinstance(instances, list):
+        raise invalid_argument(
+            f"JSON Value: {_value_string(doc)} Excepting 'instances' to be an list/array")
+    if not instances:
+        raise invalid_argument(f"JSON Value: {_value_string(doc)} No values in 'instances' array")
+    if not isinstance(instances[0], dict) and len(inputs) > 1:
+        raise invalid_argument(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map")
+
+    if not _is_named_object(instances[0]):
+        name, info = next(iter(inputs.items()))
+        if not strict:
+            whole = _fast_array(instances, info.dtype)
+            if whole is not None:
+                return {name: whole}
+        rows = []
+        for i, item in enumerate(instances):
+            if _is_named_object(item):
+                raise invalid_argument(
+                    f"Expecting value/list but got object at item {i} of input list")
+            try:
+                rows.append(json_to_array(item, info.dtype, strict))
+                _check_same_shape(rows[0], rows[-1])
+            except ServingError as err:
+                raise invalid_argument(
+                    f"Failed to process element: {i} of 'instances' list. "
+                    f"Error: {_status_string(err)}") from None
+        return {name: np.stack(rows)}
+
+    per_name: dict[str, list[np.ndarray]] = {}
+    expected = set(inputs)
+    for i, item in enumerate(instances):
+        if not _is_named_object(item):
+            raise invalid_argument(f"Expecting object but got list at item {i} of input list")
+        for key, value in item.items():
+            try:
+                if key not in inputs:
+                    raise invalid_argument(f"JSON object: does not have named input: {key}")
+                arr = json_to_array(value, inputs[key].dtype, strict)
+                seen = per_name.setdefault(key, [])
+                seen.append(arr)
+                _check_same_shape(seen[0], arr)
+            except ServingError as err:
+                raise invalid_argument(
+                    f"Failed to process element: {i} key: {key} of 'instances' list. "
+                    f"Error: {_status_string(err)}") from None
+        if set(item) != expected:
+            raise invalid_argument(
+                f"Failed to process element: {i} of 'instances' list. JSON object: "
+                f"{_value_string(item)} must only have keys: {','.join(sorted(expected))}")
+    return {key: np.stack(arrays) for key, arrays in per_name.items()}
+
+
+def _check_same_shape(first: np.ndarray, arr: np.ndarray) -> None:
+    if first.size != arr.size:
+        raise invalid_argument(f"Expecting tensor size: {first.size} but got: {arr.size}")
+    if first.shape != arr.shape:
+        raise invalid_argument(
+            f"Expecting shape {shape_string(first.shape)} but got: {shape_string(arr.shape)}")
+
+
+def _columnar_inputs(value, inputs: dict[str, TensorInfo], strict: bool) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or _is_b64(value):
+        if len(inputs) > 1:
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as multiple input "
+                "tensors required as per tensorinfo_map")
+        name, info = next(iter(inputs.items()))
+        return {name: json_to_array(value, info.dtype, strict)}
+    out = {}
+    for name, info in inputs.items():
+        if name not in value:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        out[name] = json_to_array(value[name], info.dtype, strict)
+    return out
+
+
+def _status_string(err: Exception) -> str:
+    code = getattr(err, "code", "INVALID_ARGUMENT")
+    return f"{code}: {getattr(err, 'message', str(err))}"
+
+
+def json_to_array(value, dtype: str, strict: bool = True) -> np.ndarray:
+    """A JSON value (nested lists of numbers, strings, b64 objects) as an array of `dtype`.
+
+    `dtype` is a TF DataType name (``"DT_FLOAT"`` ...). Raises `ServingError`
+    (INVALID_ARGUMENT) with TF Serving's message for a ragged list, a value of
+    the wrong JSON type, or a number the dtype cannot hold exactly.
+    """
+    if not strict:
+        arr = _fast_array(value, dtype)
+        if arr is not None:
+            return arr
+    shape = _dense_shape(value)
+    flat: list = []
+    _fill(value, 0, shape, dtype, flat)
+    np_dtype = NUMPY_DTYPES.get(dtype)
+    if np_dtype is None:
+        raise invalid_argument(f"Conversion of JSON values to type {dtype} is not supported")
+    if np_dtype == np.dtype(object):
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        return arr.reshape(shape)
+    return np.asarray(flat, dtype=np_dtype).reshape(shape)
+
+
+def _fast_array(value, dtype: str) -> np.ndarray | None:
+    """numpy's own conversion where it gives what TF Serving would; None to go value by value."""
+    target = NUMPY_DTYPES.get(dtype)
+    if target is None or target.kind not in "fiu":
+        return None
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):  # ragged or odd values: explain one by one
+        return None
+    if target.kind == "f":
+        if arr.dtype.kind == "f":
+            _, largest = _FLOAT_LIMITS.get(dtype, (0, np.inf))
+            if arr.size and np.nanmax(np.abs(np.where(np.isinf(arr), 0.0, arr)), initial=0.0) > largest:
+                return None
+        elif arr.dtype.kind == "i":
+            exact, _ = _FLOAT_LIMITS.get(dtype, (2**53 - 1, np.inf))
+            if arr.size and np.abs(arr).max() > exact:
+                return None
+        else:
+            return None
+    else:
+        if arr.dtype.kind not in "iu":
+            return None
+        low, high = _INT_RANGES[dtype]
+        if arr.size and (arr.min() < low or arr.max() > high):
+            return None
+    return arr.astype(target, copy=False)
+
+
+def _dense_shape(value) -> list[int]:
+    """The shape implied by the first element at each level (TF Serving's GetDenseTensorShape)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, level: int, shape: list[int], dtype: str, out: list) -> None:
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise invalid_argument(
+                f"JSON Value: {_value_string(value)} found at incorrect level: {level + 1} "
+                f"in the JSON DOM. Expected at level: {rank}")
+        if isinstance(value, dict):
+            if dtype != "DT_STRING":
+                raise _type_error(value, dtype)
+            out.append(_decode_b64(value))
+        else:
+            out.append(_scalar(value, dtype))
+        return
+    if level >= rank:
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise invalid_argument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} "
+            f"expected size: {shape[level]}")
+    for item in value:
+        _fill(item, level + 1, shape, dtype, out)
+
+
+def _type_error(value, dtype: str):
+    return invalid_argument(
+        f"JSON Value: {_value_string(value)} Type: {_json_type(value)} is not of expected type: "
+        f"{_TYPE_WORDS.get(dtype, dtype)}")
+
+
+def _scalar(value, dtype: str):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dtype in _FLOAT_LIMITS:
+        if not is_number:
+            raise _type_error(value, dtype)
+        exact, largest = _FLOAT_LIMITS[dtype]
+        lossy = (abs(value) > exact) if isinstance(value, int) else (
+            np.isfinite(value) and abs(value) > largest)
+        if lossy:
+            raise invalid_argument(
+                f"Cannot convert JSON value: {_value_string(value)} to "
+                f"{_TYPE_WORDS[dtype]} without loss of precision.")
+        return value
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise _type_error(value, dtype)
+        return value
+    if dtype == "DT_BOOL":
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    if dtype == "DT_STRING":
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    raise ServingError(
+        "UNIMPLEMENTED", f"Conversion of JSON Value: {_value_string(value)} to type: {dtype}")
+
+
+def _decode_b64(value) -> bytes:
+    if not _is_b64(value):
+        raise invalid_argument(
+            f"JSON Value: {_value_string(value)} not formatted correctly for base64 data")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+# ---------------------------------------------------------------------------
+# Answers: numpy -> JSON
+
+
+def to_json_value(arr: np.ndarray, name: str = ""):
+    """A numpy array as nested Python lists ready for `json.dumps`.
+
+    float32 values are written with their shortest exact decimal (0.2, not
+    0.20000000298023224), NaN / Infinity pass through, and string tensors whose
+    name ends in ``_bytes`` are written as ``{"b64": ...}`` (TF Serving's rule).
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype != np.float64:
+        # str(np.float32) is the shortest decimal that reads back to the same float32.
+        shortest = np.fromiter((float(str(v)) for v in arr.ravel()), dtype=np.float64,
+                               count=arr.size)
+        return shortest.reshape(arr.shape).tolist()
+    if arr.dtype.kind in "OSU":
+        as_b64 = name.endswith("_bytes")
+
+        def convert(v):
+            if isinstance(v, str):
+                v = v.encode("utf-8")
+            if as_b64:
+                return {"b64": base64.b64encode(v).decode("ascii")}
+            return v.decode("utf-8", errors="replace")
+
+        flat = [convert(v) for v in arr.ravel()]
+        return np.array(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
+    return arr.tolist()
+
+
+def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
+    """The JSON answer to a predict request in `fmt` (`ROW` or `COLUMNAR`).
+
+    Row format: ``{"predictions": [...]}``, one entry per instance, an object per
+    instance when there are several outputs. Columnar: ``{"outputs": ...}``. A
+    single output's name is dropped, as TF Serving does.
+    """
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    if fmt == COLUMNAR:
+        if len(names) == 1:
+            body = {"outputs": to_json_value(outputs[names[0]], names[0])}
+        else:
+            body = {"outputs": {n: to_json_value(outputs[n], n) for n in names}}
+        return json.dumps(body).encode("utf-8")
+
+    batch = None
+    for n in names:
+        arr = np.asarray(outputs[n])
+        if arr.ndim == 0:
+            raise invalid_argument(f"Tensor name: {n} has no shape information ")
+        if arr.shape[0] < 1:
+            raise invalid_argument(f"Tensor name: {n} has invalid batch size: {arr.shape[0]}")
+        if batch is not None and arr.shape[0] != batch:
+            raise invalid_argument(
+                f"Tensor name: {n} has inconsistent batch size: {arr.shape[0]} expecting: {batch}")
+        batch = arr.shape[0]
+    columns = {n: to_json_value(outputs[n], n) for n in names}
+    if len(names) == 1:
+        predictions = columns[names[0]]
+    else:
+        predictions = [{n: columns[n][i] for n in names} for i in range(batch)]
+    return json.dumps({"predictions": predictions}).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Client side: numpy -> request JSON, answer JSON -> numpy
+
+
+def input_to_json(arr) -> object:
+    """An input array as the JSON value a request carries (bytes as ``{"b64": ...}``)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "OSU":
+        def convert(v):
+            if isinstance(v, bytes):
+                return {"b64": base64.b64encode(v).decode("ascii")}
+            return str(v)
+
+        flat = [convert(v) for v in arr.ravel()]
+        return np.array(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
+    # float32 -> Python float is exact; the extra digits are harmless for round trips.
+    return arr.tolist()
+
+
+def json_to_output(value, float_dtype=np.float32) -> np.ndarray:
+    """An answer's JSON value as an array: floats as `float_dtype`, b64 objects as bytes."""
+    if _contains_b64(value):
+        return _b64_tree(value)
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f" and float_dtype is not None:
+        return arr.astype(float_dtype)
+    return arr
+
+
+def _contains_b64(value) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return _is_b64(value)
+
+
+def _b64_tree(value) -> np.ndarray:
+    flat: list = []
+
+    def walk(v):
+        if isinstance(v, list):
+            for item in v:
+                walk(item)
+        else:
+            flat.append(base64.b64decode(v["b64"]) if _is_b64(v) else v)
+
+    walk(value)
+    arr = np.empty(len(flat), dtype=object)
+    arr[:] = flat
+    return arr.reshape(_dense_shape(value))

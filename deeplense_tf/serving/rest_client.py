@@ -1,0 +1,249 @@
+"""Client for TF Serving's REST API (``tensorflow/serving`` or ``deeplense serve``).
+
+Standard library HTTP plus numpy; no TensorFlow import. Each thread keeps its
+own keep-alive connection, so one client can be shared by a thread pool.
+
+Example::
+
+    client = RestClient("http://127.0.0.1:8501", model="deeplense")
+    out = client.predict(images)             # images: float32 [N, H, W, 1]
+    out["log10_m_axion"], out["log10_m_axion_std"]   # float32 [N] each
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from deeplense_tf.serving.json_tensors import input_to_json, json_to_output
+from deeplense_tf.serving.metadata import parse_metadata, parse_status
+from deeplense_tf.serving.status import ServingError, code_for_http_status
+
+
+class RestClient:
+    """Talks to one model over TF Serving's REST API.
+
+    Args:
+        url: server root, e.g. ``http://127.0.0.1:8501``.
+        model: model name (``/v1/models/<model>``).
+        timeout: seconds to wait for each answer.
+        retries: extra attempts after a 503 or a refused / dropped connection.
+        backoff_s: wait before the first retry, doubled for each further one.
+        float_dtype: dtype of floating outputs (JSON carries no dtype); None keeps float64.
+
+    Every method raises `ServingError` (``code``, ``message`` from the server,
+    ``http_status``) when the server answers with an error.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8501", model: str = "deeplense", *,
+                 timeout: float = 30.0, retries: int = 3, backoff_s: float = 0.1,
+                 float_dtype=np.float32):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self._scheme = parts.scheme
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self.model = model
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.float_dtype = float_dtype
+        self._local = threading.local()
+        self._output_names: dict[tuple, list[str]] = {}
+
+    # -- public API
+
+    def status(self, version: int | None = None, label: str | None = None) -> list[dict]:
+        """Version states: ``[{"version", "state", "error_code", "error_message"}]``."""
+        return parse_status(self._get_json(self._model_path(version, label)))
+
+    def metadata(self, version: int | None = None, label: str | None = None) -> dict:
+        """Model spec and signatures (see `deeplense_tf.serving.metadata.parse_metadata`)."""
+        return parse_metadata(self._get_json(self._model_path(version, label) + "/metadata"))
+
+    def wait_until_available(self, timeout: float = 60.0, version: int | None = None,
+                             label: str | None = None) -> list[dict]:
+        """Polls `status` until a version is AVAILABLE; raises `ServingError` after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            try:
+                states = self.status(version, label)
+                if any(s["state"] == "AVAILABLE" for s in states):
+                    return states
+                last = f"states {[(s['version'], s['state']) for s in states]}"
+            except ServingError as err:
+                last = err.message
+            if time.monotonic() >= deadline:
+                raise ServingError("DEADLINE_EXCEEDED",
+                                   f"model {self.model} at {self.url} not available after "
+                                   f"{timeout:g} s (last: {last})")
+            time.sleep(0.1)
+
+    def encode_predict(self, inputs, *, signature: str | None = None,
+                       columnar: bool = False) -> bytes:
+        """The JSON body of a predict request (what `predict` sends).
+
+        `inputs` is an array (a signature with one input) or a dict of arrays by
+        input name, all with the same first (batch) dimension.
+        """
+        body: dict = {}
+        if signature:
+            body["signature_name"] = signature
+        if isinstance(inputs, dict):
+            columns = {k: input_to_json(v) for k, v in inputs.items()}
+            if columnar:
+                body["inputs"] = columns
+            else:
+                rows = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
+                if len(rows) != 1 or -1 in rows:
+                    raise ValueError("inputs must all have the same first (batch) dimension")
+                n = rows.pop()
+                body["instances"] = [{k: col[i] for k, col in columns.items()} for i in range(n)]
+        else:
+            body["inputs" if columnar else "instances"] = input_to_json(inputs)
+        return json.dumps(body).encode("utf-8")
+
+    def predict(self, inputs, *, signature: str | None = None, version: int | None = None,
+                label: str | None = None, columnar: bool = False) -> dict[str, np.ndarray]:
+        """Runs a signature (default ``serving_default``) on `inputs`.
+
+        Returns the outputs by name as numpy arrays (floats as `float_dtype`),
+        whichever of the row (``instances``) or columnar (``inputs``) formats is used.
+        """
+        body = self.encode_predict(inputs, signature=signature, columnar=columnar)
+        return self.predict_encoded(body, signature=signature, version=version, label=label)
+
+    def predict_encoded(self, body: bytes, *, signature: str | None = None,
+                        version: int | None = None, label: str | None = None
+                        ) -> dict[str, np.ndarray]:
+        """`predict` for a body already made by `encode_predict` (load tests send one body often)."""
+        doc = self._request_json("POST", self._model_path(version, label) + ":predict", body)
+        if "predictions" in doc:
+            return self._decode_rows(doc["predictions"], signature, version, label)
+        if "outputs" in doc:
+            return self._decode_columns(doc["outputs"], signature, version, label)
+        raise ServingError("INTERNAL", f"answer has neither 'predictions' nor 'outputs': "
+                                       f"{str(doc)[:200]}")
+
+    def close(self) -> None:
+        """Closes this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- answers
+
+    @staticmethod
+    def _is_named(value) -> bool:
+        return isinstance(value, dict) and not (len(value) == 1 and "b64" in value)
+
+    def _decode_rows(self, predictions, signature, version, label) -> dict[str, np.ndarray]:
+        if predictions and self._is_named(predictions[0]):
+            names = list(predictions[0])
+            return {n: json_to_output([p[n] for p in predictions], self.float_dtype) for n in names}
+        return {self._single_output_name(signature, version, label):
+                json_to_output(predictions, self.float_dtype)}
+
+    def _decode_columns(self, outputs, signature, version, label) -> dict[str, np.ndarray]:
+        if self._is_named(outputs):
+            return {n: json_to_output(v, self.float_dtype) for n, v in outputs.items()}
+        return {self._single_output_name(signature, version, label):
+                json_to_output(outputs, self.float_dtype)}
+
+    def _single_output_name(self, signature, version, label) -> str:
+        # TF Serving drops the name of a lone output; the metadata has it.
+        key = (signature or "serving_default", version, label)
+        if key not in self._output_names:
+            sigs = self.metadata(version, label)["signatures"]
+            self._output_names[key] = list(sigs.get(key[0], {}).get("outputs", {}))
+        names = self._output_names[key]
+        return names[0] if len(names) == 1 else "output_0"
+
+    # -- HTTP
+
+    def _model_path(self, version, label) -> str:
+        if version is not None and label is not None:
+            raise ValueError("give a version or a label, not both")
+        path = f"{self._prefix}/v1/models/{quote(self.model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label is not None:
+            path += f"/labels/{quote(str(label), safe='')}"
+        return path
+
+    def _get_json(self, path: str) -> dict:
+        return self._request_json("GET", path, None)
+
+    def _request_json(self, method: str, path: str, body: bytes | None) -> dict:
+        status, data = self._request(method, path, body)
+        if status != 200:
+            raise ServingError(code_for_http_status(status), _error_message(data), status)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ServingError("INTERNAL", f"answer from {self.url}{path} is not JSON: "
+                                           f"{data[:200]!r}") from None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        attempt = 0
+        while True:
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                if response.will_close:
+                    self.close()
+            except socket.timeout:
+                self.close()
+                raise ServingError("DEADLINE_EXCEEDED",
+                                   f"no answer from {self.url}{path} within {self.timeout:g} s") from None
+            except (OSError, http.client.HTTPException) as err:
+                # Refused (server starting), or a kept-alive connection the server closed.
+                self.close()
+                if attempt < self.retries:
+                    time.sleep(self.backoff_s * 2**attempt)
+                    attempt += 1
+                    continue
+                raise ServingError("UNAVAILABLE", f"cannot reach {self.url}{path}: {err}", 503) from None
+            if response.status == 503 and attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+                attempt += 1
+                continue
+            return response.status, data
+
+
+def _error_message(data: bytes) -> str:
+    try:
+        doc = json.loads(data)
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])
+    except ValueError:
+        pass
+    return data.decode("utf-8", errors="replace").strip() or "(empty answer)"

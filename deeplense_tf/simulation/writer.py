@@ -1,0 +1,377 @@
+"""Write a simulated data set: TFRecord shards, manifest.json, preview.png.
+
+Layout and record format: docs/architecture.md ("Data set on disk"). Worker processes
+(multiprocessing "spawn": TensorFlow is never forked, and never imported by a worker) only
+simulate and return numpy arrays; this process serialises them with
+`schema.encode_example` and writes each shard as `<name>.tmp`, renamed when complete.
+`manifest.json` is written last. A plan file records what the folder is being filled with,
+so an interrupted run resumes (complete shards are kept as they are) and a different
+preset / seed / size is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deeplense_tf.data import schema
+from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.simulation import simulator
+from deeplense_tf.simulation.presets import Preset, get_preset
+
+PLAN_NAME = "simulation_plan.json"
+PREVIEW_NAME = "preview.png"
+DEFAULT_SHARD_SIZE = 1024  # examples per train shard when --shards is not given
+PREVIEW_PER_CLASS = 6
+_MAX_CHUNK = 16  # examples per worker task: small enough to keep both cores busy
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    shard: int
+    num_shards: int
+    start: int  # first example index (inclusive)
+    stop: int  # last example index (exclusive)
+
+    @property
+    def name(self) -> str:
+        return schema.shard_name(self.split, self.shard, self.num_shards)
+
+
+def split_counts(num: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Examples per split; train gets what val and test (rounded) leave."""
+    n_val = int(round(num * val_fraction))
+    n_test = int(round(num * test_fraction))
+    return {"train": num - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def plan_shards(counts: dict[str, int], shards: int | None) -> list[ShardPlan]:
+    """Contiguous index ranges: train first, then val, then test.
+
+    `shards` is the number of train shards (default: one per DEFAULT_SHARD_SIZE examples);
+    val and test get shards of about the same size.
+    """
+    n_train = counts["train"]
+    k_train = shards if shards is not None else math.ceil(n_train / DEFAULT_SHARD_SIZE)
+    k_train = max(1, min(k_train, n_train))
+    shard_size = math.ceil(n_train / k_train)
+    plans, start = [], 0
+    for split in schema.SPLITS:
+        n = counts[split]
+        k = k_train if split == "train" else math.ceil(n / shard_size)
+        bounds = np.linspace(0, n, k + 1).round().astype(int) if k else []
+        for i in range(k):
+            plans.append(ShardPlan(split, i, k, start + int(bounds[i]), start + int(bounds[i + 1])))
+        start += n
+    return plans
+
+
+def _validate(num, seed, workers, shards, val_fraction, test_fraction) -> None:
+    def is_int(x):
+        return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+    if not is_int(num) or num <= 0:
+        raise ConfigError(f"--num must be a positive integer, got {num!r}")
+    if not is_int(seed) or seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not is_int(workers) or workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers!r}")
+    if shards is not None and (not is_int(shards) or shards < 1):
+        raise ConfigError(f"--shards must be at least 1, got {shards!r}")
+    for flag, value in (("--val", val_fraction), ("--test", test_fraction)):
+        if not isinstance(value, int | float) or not 0.0 <= value < 1.0 or math.isnan(value):
+            raise ConfigError(f"{flag} must be a fraction in [0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"--val {val_fraction} + --test {test_fraction} leave no training examples"
+        )
+    if split_counts(num, val_fraction, test_fraction)["train"] < 1:
+        raise ConfigError(f"--num {num} is too small for --val {val_fraction} --test "
+                          f"{test_fraction}: no training example is left")
+
+
+def _identity(preset: Preset, seed: int, num: int, val_fraction: float, test_fraction: float,
+              plans: list[ShardPlan]) -> dict:
+    """What decides the folder's content (everything but the worker count)."""
+    return {
+        "preset": preset.name,
+        "drawn_classes": list(preset.classes),
+        "seed": int(seed),
+        "num": int(num),
+        "splits": {
+            split: {"count": sum(p.stop - p.start for p in plans if p.split == split),
+                    "shards": [p.name for p in plans if p.split == split]}
+            for split in schema.SPLITS
+        },
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+    }
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_folder(out: Path, identity: dict) -> str:
+    """'new', 'resume' or 'complete'; DataError if the folder holds something else."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        return "new"
+    manifest_path, plan_path = out / schema.MANIFEST_NAME, out / PLAN_NAME
+    for path in (manifest_path, plan_path):
+        if not path.exists():
+            continue
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path} is unreadable ({err}); delete the folder or choose "
+                            "another --out") from None
+        differing = [k for k in identity if held.get(k) != identity[k]]
+        if differing:
+            have = ", ".join(f"{k}={held.get(k)!r}" for k in differing if k != "splits")
+            want = ", ".join(f"{k}={identity[k]!r}" for k in differing if k != "splits")
+            detail = f"it holds {have}, asked for {want}" if have else "its splits or shards differ"
+            raise DataError(f"--out {out} already holds a different data set ({detail}); "
+                            "choose another folder or delete it")
+        if path == manifest_path:
+            return "complete"
+        return "resume"
+    if any(out.iterdir()):
+        raise DataError(f"--out {out} is not empty and holds no deeplense data set; "
+                        "choose an empty or new folder")
+    return "new"
+
+
+def _iter_chunks(plans: list[ShardPlan], chunk: int):
+    for plan in plans:
+        for start in range(plan.start, plan.stop, chunk):
+            yield plan, start, min(start + chunk, plan.stop)
+
+
+def _run_chunks(preset: Preset, seed: int, plans: list[ShardPlan], workers: int):
+    """Yield (plan, examples) for consecutive chunks, in index order."""
+    if workers == 1:
+        for plan, start, stop in _iter_chunks(plans, _MAX_CHUNK):
+            examples = simulator.simulate_range(preset, seed, start, stop)
+            yield plan, examples
+        return
+    biggest = max(p.stop - p.start for p in plans)
+    chunk = max(1, min(_MAX_CHUNK, math.ceil(biggest / (2 * workers))))
+    context = multiprocessing.get_context("spawn")
+    executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending = collections.deque()
+    chunks = _iter_chunks(plans, chunk)
+    try:
+        def submit_next():
+            item = next(chunks, None)
+            if item is not None:
+                plan, start, stop = item
+                pending.append((plan, executor.submit(
+                    simulator.simulate_range, preset, seed, start, stop)))
+
+        for _ in range(4 * workers):  # a bounded window: results are consumed in order
+            submit_next()
+        while pending:
+            plan, future = pending.popleft()
+            examples = future.result()
+            submit_next()
+            yield plan, examples
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_shards(preset: Preset, seed: int, missing: list[ShardPlan], out: Path,
+                  workers: int, bar) -> None:
+    import tensorflow as tf
+
+    writer = None
+    try:
+        for plan, examples in _run_chunks(preset, seed, missing, workers):
+            if writer is None:
+                writer = tf.io.TFRecordWriter(str(out / (plan.name + ".tmp")))
+            for ex in examples:
+                writer.write(schema.encode_example(ex["image"], ex["index"], ex["class_id"],
+                                                   ex["targets"], ex["nuisance"]))
+            bar.update(len(examples))
+            if examples[-1]["index"] == plan.stop - 1:  # chunks arrive in index order
+                writer.close()
+                writer = None
+                os.replace(out / (plan.name + ".tmp"), out / plan.name)
+    finally:
+        if writer is not None:
+            writer.close()  # leaves <name>.tmp; the next run rewrites it
+
+
+def _read_split(out: Path, plans: list[ShardPlan], preset: Preset):
+    """Yield (index, image, class_id, targets) of the shards in `plans` (for statistics)."""
+    import tensorflow as tf
+
+    for plan in plans:
+        path = out / plan.name
+        try:
+            for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+                ex = tf.train.Example.FromString(raw)
+                f = ex.features.feature
+                image = np.frombuffer(f["image"].bytes_list.value[0], dtype="<f4")
+                targets = {name: f[schema.TARGET_PREFIX + name].float_list.value[0]
+                           for name in preset.targets}
+                yield (f["index"].int64_list.value[0], image.reshape(preset.image_shape),
+                       f["class_id"].int64_list.value[0], targets)
+        except (tf.errors.DataLossError, KeyError, IndexError, ValueError) as err:
+            raise DataError(f"{path} is corrupt ({type(err).__name__}: {err}); delete it and "
+                            "re-run the same command to rewrite it") from None
+
+
+def _train_statistics(out: Path, plans: list[ShardPlan], preset: Preset):
+    """target_stats, image_stats of the train split, and preview examples per class."""
+    values = {name: [] for name in preset.targets}
+    total, total_sq, count, maxima = 0.0, 0.0, 0, []
+    preview = {c: [] for c in range(len(schema.CLASS_NAMES))}
+    for index, image, class_id, targets in _read_split(
+            out, [p for p in plans if p.split == "train"], preset):
+        pixels = image.astype(np.float64)
+        total += pixels.sum()
+        total_sq += np.square(pixels).sum()
+        count += pixels.size
+        maxima.append(float(image.max()))
+        for name, value in targets.items():
+            values[name].append(value)
+        if len(preview[class_id]) < PREVIEW_PER_CLASS:
+            preview[class_id].append((index, image, targets))
+    target_stats = {}
+    for name, vals in values.items():
+        finite = np.asarray(vals, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        # null where the drawn classes never define the target (JSON has no NaN).
+        target_stats[name] = (
+            {"mean": float(finite.mean()), "std": float(finite.std()),
+             "min": float(finite.min()), "max": float(finite.max())}
+            if finite.size else {"mean": None, "std": None, "min": None, "max": None}
+        )
+    mean = total / count
+    image_stats = {"mean": mean, "std": math.sqrt(max(total_sq / count - mean**2, 0.0)),
+                   "max_median": float(np.median(maxima))}
+    return target_stats, image_stats, preview
+
+
+def _write_preview(path: Path, preset: Preset, preview: dict) -> None:
+    """One row per drawn class, PREVIEW_PER_CLASS columns; sky orientation (origin lower)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [c for c in sorted(preview) if preview[c]]
+    cols = max(len(preview[c]) for c in rows)
+    fig = Figure(figsize=(2.0 * cols, 2.2 * len(rows)))
+    FigureCanvasAgg(fig)
+    half = preset.instrument.num_pix * preset.instrument.pixel_scale_arcsec / 2
+    first_target = preset.targets[0]
+    for r, class_id in enumerate(rows):
+        for c, (index, image, targets) in enumerate(preview[class_id]):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            ax.imshow(image[:, :, 0], origin="lower", cmap="magma",
+                      extent=(-half, half, -half, half))
+            value = targets.get(first_target, math.nan)
+            label = f"#{index}" + (f" {first_target}={value:.2f}" if np.isfinite(value) else "")
+            ax.set_title(label, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(schema.CLASS_NAMES[class_id], fontsize=9)
+    fig.suptitle(f"{preset.name} ({preset.instrument.units}; x right, y up, "
+                 f"{2 * half:.2f}\" across)", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    import lenstronomy
+    import tensorflow as tf
+
+    from deeplense_tf import __version__
+
+    return {"deeplense_tf": __version__, "lenstronomy": lenstronomy.__version__,
+            "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def write_dataset(preset, num: int, out_dir, seed: int = 0, workers: int = 1,
+                  shards: int | None = None, val_fraction: float = 0.1,
+                  test_fraction: float = 0.1, classes=None, progress: bool = True) -> dict:
+    """Simulate `num` examples of `preset` (a name or a Preset) into `out_dir`.
+
+    `classes`: None (the preset's), "mix", a class name or a list of names. `shards`: the
+    number of train shards. Example i is bit-identical whatever `workers` and `shards`.
+    Re-running after an interruption writes only the missing shards. Returns the manifest.
+    Raises ConfigError for bad arguments, DataError if `out_dir` holds another data set.
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    preset = preset.with_classes(classes)
+    _validate(num, seed, workers, shards, val_fraction, test_fraction)
+    out = Path(out_dir)
+    counts = split_counts(num, val_fraction, test_fraction)
+    plans = plan_shards(counts, shards)
+    identity = _identity(preset, seed, num, val_fraction, test_fraction, plans)
+    state = _check_folder(out, identity)
+    out.mkdir(parents=True, exist_ok=True)
+    if state == "new":
+        _write_json_atomic(out / PLAN_NAME, identity)
+    for stale in out.glob("*.tmp"):
+        stale.unlink()  # a shard or manifest an interrupted run did not finish
+
+    missing = [p for p in plans if not (out / p.name).exists()]
+    if state == "complete" and not missing:
+        if progress:
+            print(f"{out} already holds this data set; nothing to do", file=sys.stderr)
+        return json.loads((out / schema.MANIFEST_NAME).read_text())
+
+    from tqdm.auto import tqdm
+
+    done = num - sum(p.stop - p.start for p in missing)
+    with tqdm(total=num, initial=done, unit="img", desc=f"simulate {preset.name}",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        _write_shards(preset, seed, missing, out, workers, bar)
+
+    target_stats, image_stats, preview = _train_statistics(out, plans, preset)
+    _write_preview(out / PREVIEW_NAME, preset, preview)
+    manifest = {
+        "format_version": schema.FORMAT_VERSION,
+        "preset": preset.name,
+        "description": preset.description,
+        "seed": int(seed),
+        "num": int(num),
+        "classes": list(schema.CLASS_NAMES),
+        "drawn_classes": list(preset.classes),
+        "image_shape": list(preset.image_shape),
+        "image_units": preset.instrument.units,
+        "pixel_scale_arcsec": preset.instrument.pixel_scale_arcsec,
+        "targets": list(preset.targets),
+        "nuisances": list(preset.nuisances),
+        "target_kinds": {name: dict(preset.target_kinds[name]) for name in preset.targets},
+        "exact_symmetries": list(preset.exact_symmetries),
+        "splits": identity["splits"],
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+        "target_stats": target_stats,
+        "image_stats": image_stats,
+        "versions": _versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json_atomic(out / schema.MANIFEST_NAME, manifest)
+    (out / PLAN_NAME).unlink(missing_ok=True)
+    return manifest

@@ -1,0 +1,266 @@
+"""Shard writer and `deeplense simulate`: determinism, resume, manifest, refusals, CLI errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deeplense_tf.cli import main
+from deeplense_tf.data import schema
+from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.simulation import get_preset, simulate_example, writer
+from deeplense_tf.simulation.writer import write_dataset
+
+PRESET = "deeplense-model-2"
+NUM = 12
+
+
+def _read_records(out_dir):
+    """{index: (image bytes, class_id, targets, nuisance, split)} of every shard in a folder."""
+    import tensorflow as tf
+
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    records = {}
+    for split, info in manifest["splits"].items():
+        for name in info["shards"]:
+            for raw in tf.data.TFRecordDataset(str(out_dir / name)).as_numpy_iterator():
+                f = tf.train.Example.FromString(raw).features.feature
+
+                def floats(prefix, names, f=f):
+                    return {n: f[prefix + n].float_list.value[0] for n in names}
+
+                index = f["index"].int64_list.value[0]
+                assert index not in records
+                records[index] = (f["image"].bytes_list.value[0], f["class_id"].int64_list.value[0],
+                                  floats(schema.TARGET_PREFIX, manifest["targets"]),
+                                  floats(schema.NUISANCE_PREFIX, manifest["nuisances"]), split)
+    return manifest, records
+
+
+def _mtimes(out_dir):
+    return {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.tfrecord")}
+
+
+@pytest.fixture(scope="module")
+def mix_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "mix"
+    manifest = write_dataset(PRESET, NUM, out, seed=3, workers=1, shards=2, classes="mix",
+                             progress=False)
+    return out, manifest
+
+
+def test_manifest_holds_every_contract_key(mix_dataset):
+    out, manifest = mix_dataset
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    for key in ("format_version", "preset", "seed", "classes", "image_shape", "pixel_scale_arcsec",
+                "targets", "nuisances", "target_kinds", "exact_symmetries", "splits",
+                "target_stats", "image_stats", "versions", "created"):
+        assert key in manifest, key
+    assert manifest["preset"] == PRESET and manifest["seed"] == 3
+    assert manifest["classes"] == list(schema.CLASS_NAMES)
+    assert manifest["drawn_classes"] == ["no_sub", "cdm", "axion"]
+    assert manifest["image_shape"] == [64, 64, 1] and manifest["pixel_scale_arcsec"] == 0.101
+    assert manifest["targets"] == ["log10_m_axion_ev"]
+    assert manifest["target_kinds"] == {"log10_m_axion_ev": {"kind": "scalar"}}
+    assert manifest["exact_symmetries"] == ["identity", "rot180"]
+    assert set(manifest["exact_symmetries"]) <= set(schema.D4_ELEMENTS)
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 10, "val": 1,
+                                                                        "test": 1}
+    assert len(manifest["splits"]["train"]["shards"]) == 2
+    assert set(manifest["versions"]) == {"deeplense_tf", "lenstronomy", "tensorflow", "numpy"}
+    # Only the contract's files remain: shards, manifest, preview.
+    names = sorted(p.name for p in out.iterdir())
+    shards = sorted(n for info in manifest["splits"].values() for n in info["shards"])
+    assert names == sorted(shards + ["manifest.json", "preview.png"])
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_manifest_statistics_are_those_of_the_train_split(mix_dataset):
+    out, manifest = mix_dataset
+    preset = get_preset(PRESET, classes="mix")
+    train = [simulate_example(preset, 3, i) for i in range(10)]
+    axion = np.array([ex["targets"]["log10_m_axion_ev"] for ex in train])
+    axion = axion[np.isfinite(axion)]  # NaN for no_sub and cdm
+    stats = manifest["target_stats"]["log10_m_axion_ev"]
+    assert stats["mean"] == pytest.approx(axion.mean(), rel=1e-6)
+    assert stats["std"] == pytest.approx(axion.std(), rel=1e-5)
+    assert stats["min"] == pytest.approx(axion.min(), rel=1e-6)
+    assert stats["max"] == pytest.approx(axion.max(), rel=1e-6)
+    images = np.stack([ex["image"] for ex in train]).astype(np.float64)
+    assert manifest["image_stats"]["mean"] == pytest.approx(images.mean(), rel=1e-6)
+    assert manifest["image_stats"]["std"] == pytest.approx(images.std(), rel=1e-5)
+    assert manifest["image_stats"]["max_median"] == pytest.approx(
+        np.median(images.max(axis=(1, 2, 3))), rel=1e-6)
+
+
+def test_records_are_the_simulated_examples(mix_dataset):
+    out, _ = mix_dataset
+    manifest, records = _read_records(out)
+    assert sorted(records) == list(range(NUM))
+    preset = get_preset(PRESET, classes="mix")
+    for index in (0, 4, 10, 11):
+        image, class_id, targets, nuisance, split = records[index]
+        ex = simulate_example(preset, 3, index)
+        assert image == ex["image"].astype("<f4").tobytes()
+        assert class_id == ex["class_id"] == index % 3
+        assert split == ("train" if index < 10 else "val" if index == 10 else "test")
+        for name, value in ex["targets"].items():
+            assert (math.isnan(value) and math.isnan(targets[name])) or targets[name] == \
+                pytest.approx(value, rel=1e-6)
+        assert nuisance["n_subhalos"] == ex["nuisance"]["n_subhalos"]
+
+
+def test_examples_are_bit_identical_for_any_workers_and_shards(mix_dataset, tmp_path):
+    out, _ = mix_dataset
+    other = tmp_path / "two-workers"
+    write_dataset(PRESET, NUM, other, seed=3, workers=2, shards=3, classes="mix", progress=False)
+    manifest, records = _read_records(other)
+    assert len(manifest["splits"]["train"]["shards"]) == 3
+    _, reference = _read_records(out)
+    assert records.keys() == reference.keys()
+    for index, record in records.items():
+        assert record[0] == reference[index][0], index  # image bytes
+        np.testing.assert_equal(record[1:], reference[index][1:])  # NaN == NaN here
+
+
+def test_interrupted_run_resumes_with_only_the_missing_shards(tmp_path, monkeypatch):
+    out = tmp_path / "resume"
+    calls = {"n": 0}
+    real = writer.simulator.simulate_range
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    # Train shards of 2, 3, 3, 2 examples, written 2 at a time: the 5th chunk is the 2nd
+    # of shard 2, so shards 0 and 1 are complete and shard 2 is half written.
+    monkeypatch.setattr(writer, "_MAX_CHUNK", 2)
+    monkeypatch.setattr(writer.simulator, "simulate_range", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(PRESET, NUM, out, seed=1, shards=4, progress=False)
+    monkeypatch.setattr(writer.simulator, "simulate_range", real)
+    assert not (out / "manifest.json").exists()
+    assert (out / writer.PLAN_NAME).exists()
+    done = _mtimes(out)
+    assert sorted(done) == ["train-00000-of-00004.tfrecord", "train-00001-of-00004.tfrecord"]
+    assert [p.name for p in out.glob("*.tmp")] == ["train-00002-of-00004.tfrecord.tmp"]
+
+    manifest = write_dataset(PRESET, NUM, out, seed=1, shards=4, progress=False)
+    after = _mtimes(out)
+    assert {name: after[name] for name in done} == done  # complete shards were not rewritten
+    assert len(after) == 6 and not list(out.glob("*.tmp"))
+    assert not (out / writer.PLAN_NAME).exists()
+
+    # A shard lost later is rewritten, identical, and nothing else is touched.
+    lost = manifest["splits"]["train"]["shards"][3]
+    content = (out / lost).read_bytes()
+    (out / lost).unlink()
+    write_dataset(PRESET, NUM, out, seed=1, shards=4, progress=False)
+    again = _mtimes(out)
+    assert {n: t for n, t in again.items() if n != lost} == {n: t for n, t in after.items()
+                                                            if n != lost}
+    assert (out / lost).read_bytes() == content
+
+
+def test_complete_folder_is_left_alone_and_other_data_sets_are_refused(mix_dataset, tmp_path):
+    out, manifest = mix_dataset
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert write_dataset(PRESET, NUM, out, seed=3, shards=2, classes="mix",
+                         progress=False) == manifest
+    for kwargs, word in ((dict(seed=4), "seed"), (dict(num=NUM + 1), "num"),
+                         (dict(preset="deeplense-model-3"), "preset"),
+                         (dict(classes="axion"), "drawn_classes")):
+        args = dict(preset=PRESET, num=NUM, out_dir=out, seed=3, shards=2, classes="mix",
+                    progress=False)
+        args.update(kwargs)
+        with pytest.raises(DataError, match=word):
+            write_dataset(**args)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        write_dataset(PRESET, 4, foreign, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num=0), "--num"),
+    (dict(num=-3), "--num"),
+    (dict(val_fraction=1.5), "--val"),
+    (dict(test_fraction=-0.1), "--test"),
+    (dict(val_fraction=0.5, test_fraction=0.5), "no training"),
+    (dict(num=2, val_fraction=0.4, test_fraction=0.4), "no train"),
+    (dict(workers=0), "--workers"),
+    (dict(shards=0), "--shards"),
+    (dict(seed=-1), "--seed"),
+    (dict(classes="wdm"), "classes"),
+])
+def test_bad_arguments_are_config_errors_and_write_nothing(tmp_path, kwargs, message):
+    args = dict(preset=PRESET, num=4, out_dir=tmp_path / "never", progress=False)
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=message):
+        write_dataset(**args)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "deeplense-model-7"], "deeplense-model-7"),
+    (["--num", "0"], "--num"),
+    (["--val", "1.2"], "--val"),
+    (["--val", "0.6", "--test", "0.5"], "no training"),
+    (["--classes", "wdm"], "wdm"),
+    (["--workers", "0"], "--workers"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    base = {"--preset": PRESET, "--num": "4", "--out": str(tmp_path / "never")}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    code = main(["simulate", *[x for kv in base.items() for x in kv]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_writes_a_data_set_and_prints_its_paths(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["simulate", "--preset", "varied-lens-64", "--num", "6", "--out", str(out),
+                 "--workers", "1", "--classes", "mix", "--val", "0.2", "--test", "0",
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert str(out / "manifest.json") in printed and str(out / "preview.png") in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["test"] == {"count": 0, "shards": []}
+    assert manifest["exact_symmetries"] == list(schema.D4_ELEMENTS)
+    assert manifest["target_kinds"]["shear_g2"] == {"kind": "spin2", "partner": "shear_g1",
+                                                    "component": 1}
+    assert all(str(out / s) in printed for s in manifest["splits"]["train"]["shards"])
+
+
+def test_simulator_imports_no_tensorflow():
+    # Worker processes import only this; TensorFlow there would cost seconds and memory each.
+    code = ("import sys\n"
+            "from deeplense_tf.simulation import simulator, get_preset\n"
+            "simulator.simulate_range(get_preset('deeplense-model-2', classes='mix'), 0, 0, 3)\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_plan_shards_cover_every_index_once():
+    counts = writer.split_counts(103, 0.1, 0.2)
+    assert counts == {"train": 72, "val": 10, "test": 21}
+    plans = writer.plan_shards(counts, 5)
+    covered = [i for p in plans for i in range(p.start, p.stop)]
+    assert covered == list(range(103))
+    assert [p.split for p in plans].count("train") == 5
+    assert all(p.stop > p.start for p in plans)
