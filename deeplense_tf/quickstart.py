@@ -110,13 +110,13 @@ def _run_complete(run_dir: Path) -> bool:
     return bool(info.get("complete"))
 
 
-def train_step(run_dir: Path, config: dict) -> bool:
+def train_step(run_dir: Path, config: dict, smoke: bool) -> bool:
     """Train (or resume, or reuse) the run; returns True when a finished run was reused."""
     if _run_complete(run_dir):
         return True
     from deeplense_tf.training import train
 
-    train(config, run_dir)
+    train(config, run_dir, progress=not smoke)
     return False
 
 
@@ -151,7 +151,10 @@ def export_step(run_dir: Path, export_dir: Path, smoke: bool):
     done = export_dir / "quickstart-export.json"
     if done.is_file():
         return json.loads(done.read_text()), "reused"
-    result = export_run(run_dir, export_dir)
+    # The SavedModel for TF Serving plus an fp32 TFLite file; int8 calibration and the
+    # on-device model are a `deeplense export` away and would cost the quickstart minutes.
+    result = export_run(run_dir, export_dir, tflite=() if smoke else ("fp32",), check_count=16 if smoke else 64,
+                        progress=not smoke)
     summary = _plain(result)
     done.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary, "done"
@@ -320,7 +323,7 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
     config = load_quickstart_config(data_dir, minutes, seed, smoke)
     budget = config["training"].get("time_budget_minutes")
     t = steps.start("train", f"{config['model']['name']} for up to {budget} min -> {run_dir}")
-    reused = train_step(run_dir, config)
+    reused = train_step(run_dir, config, smoke)
     if reused:
         from deeplense_tf.training.config import read_yaml
 

@@ -133,7 +133,9 @@ def write_dataset(
         "created": "2025-01-01T00:00:00",
     }
     for offset, (split, count) in enumerate(counts.items()):
-        images, targets, class_id, nuisance = make_examples(count, seed=seed * 10 + offset, size=size)
+        images, targets, class_id, nuisance = make_examples(
+            count, seed=seed * 10 + offset, size=size
+        )
         if images_override is not None:
             images = images_override(split, images)
         num_shards = shards.get(split, 1)

@@ -45,6 +45,9 @@ def write_fixture_model(base_dir: str | Path, version: int, *, scale: float = 1.
         @tf.function(input_signature=[
             tf.TensorSpec([None, image_size, image_size, 1], tf.float32, name="image")])
         def serve(self, image):
+            # Checked inside the graph, as the exporter does: TF Serving itself passes
+            # whatever shape it is sent straight to the graph.
+            image = tf.ensure_shape(image, [None, image_size, image_size, 1])
             tf.debugging.assert_all_finite(image, "image has NaN or Inf pixels")
             mean = tf.reduce_mean(image, axis=[1, 2, 3])
             std = tf.math.reduce_std(image, axis=[1, 2, 3])
@@ -53,6 +56,7 @@ def write_fixture_model(base_dir: str | Path, version: int, *, scale: float = 1.
         @tf.function(input_signature=[
             tf.TensorSpec([None, image_size, image_size, 1], tf.float32, name="image")])
         def embed(self, image):
+            image = tf.ensure_shape(image, [None, image_size, image_size, 1])
             tf.debugging.assert_all_finite(image, "image has NaN or Inf pixels")
             axes = [1, 2, 3]
             features = tf.stack([tf.reduce_mean(image, axes), tf.reduce_max(image, axes),

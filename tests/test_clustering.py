@@ -295,7 +295,7 @@ def test_feature_map_layers_are_average_pooled(tiny):
     import keras
 
     model, images = tiny
-    conv = keras.Model(model.inputs, model.get_layer("conv").output)(images).numpy()
+    conv = keras.Model(model.inputs[0], model.get_layer("conv").output)(images).numpy()
     pooled = emb.extract_features(model, images, layer="conv", progress=False)
     np.testing.assert_allclose(pooled, conv.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     seq = emb.extract_features(model, images, layer="as_sequence", progress=False)
@@ -330,7 +330,7 @@ def test_bad_layers_and_images(tiny):
     model, images = tiny
     with pytest.raises(ConfigError, match="no layer 'nope'; valid layer names: image, conv"):
         emb.embedding_model(model, "nope")
-    with pytest.raises(ConfigError, match="flattens to 196 features"):
+    with pytest.raises(ConfigError, match="flattens to 784 features"):
         old = emb.MAX_FLAT_FEATURES
         emb.MAX_FLAT_FEATURES = 100
         try:

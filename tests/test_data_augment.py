@@ -124,7 +124,10 @@ def test_per_example_ids_match_single_elements_eager_and_in_map():
     targets["e2"][3] = np.nan  # undefined component: must not leak into e1
 
     eager_images, eager_targets = d4.augment_batch(
-        tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}, tf.constant(ids), KINDS
+        tf.constant(images),
+        {k: tf.constant(v) for k, v in targets.items()},
+        tf.constant(ids),
+        KINDS,
     )
     dataset = tf.data.Dataset.from_tensors((images, targets, ids)).map(
         lambda im, t, i: d4.augment_batch(im, t, i, KINDS)
@@ -133,7 +136,10 @@ def test_per_example_ids_match_single_elements_eager_and_in_map():
     for b, name in enumerate(D4_ELEMENTS):
         expected_image = d4.transform_image(images[b], name)
         expected = d4.transform_targets({k: v[b] for k, v in targets.items()}, name, KINDS)
-        for got_images, got_targets in ((eager_images, eager_targets), (mapped_images, mapped_targets)):
+        for got_images, got_targets in (
+            (eager_images, eager_targets),
+            (mapped_images, mapped_targets),
+        ):
             np.testing.assert_array_equal(got_images.numpy()[b], expected_image)
             for key in KINDS:
                 np.testing.assert_array_equal(got_targets[key].numpy()[b], expected[key])
@@ -146,9 +152,13 @@ def test_inverse_transforms_undo_targets_for_test_time_augmentation():
     views = d4.d4_images(images)
     assert len(views) == 8
     np.testing.assert_array_equal(views[D4_ELEMENTS.index("rot180")], images[:, ::-1, ::-1])
-    truth = {"x": np.float32([0.3, -0.1]), "y": np.float32([0.2, 0.4]),
-             "e1": np.float32([0.1, 0.0]), "e2": np.float32([-0.2, 0.3]),
-             "theta_e_arcsec": np.float32([1.0, 1.2])}
+    truth = {
+        "x": np.float32([0.3, -0.1]),
+        "y": np.float32([0.2, 0.4]),
+        "e1": np.float32([0.1, 0.0]),
+        "e2": np.float32([-0.2, 0.3]),
+        "theta_e_arcsec": np.float32([1.0, 1.2]),
+    }
     for name in D4_ELEMENTS:
         # What an ideal model predicts on the transformed view, mapped back.
         predicted = d4.transform_targets(truth, name, KINDS)
@@ -201,9 +211,12 @@ def _transform_params(params: dict, name: str) -> dict:
     """g . params: what the simulator must be given to draw the transformed sky."""
     out = dict(params)
     for first, second in SPIN2_PARAMS:
-        out[first], out[second] = (float(v) for v in d4.transform_spin2(params[first], params[second], name))
+        out[first], out[second] = (
+            float(v) for v in d4.transform_spin2(params[first], params[second], name)
+        )
     out["source_x_arcsec"], out["source_y_arcsec"] = (
-        float(v) for v in d4.transform_vector(params["source_x_arcsec"], params["source_y_arcsec"], name)
+        float(v)
+        for v in d4.transform_vector(params["source_x_arcsec"], params["source_y_arcsec"], name)
     )
     if "vortex_angle_rad" in params:  # the vortex line's direction is a vector
         angle = params["vortex_angle_rad"]

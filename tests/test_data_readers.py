@@ -18,8 +18,11 @@ from deeplense_tf.errors import DataError
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("sim"), counts={"train": 12, "test": 5},
-                         shards={"train": 2, "test": 1})
+    return write_dataset(
+        tmp_path_factory.mktemp("sim"),
+        counts={"train": 12, "test": 5},
+        shards={"train": 2, "test": 1},
+    )
 
 
 def _deeplense_file(path, image, mass):
@@ -210,7 +213,9 @@ def test_npz_and_h5_errors(tmp_path):
     with pytest.raises(DataError, match=r"noimages\.npz: no 'images' array \(found pixels\)"):
         load_examples(tmp_path / "noimages.npz")
     np.savez(tmp_path / "short.npz", images=np.ones((3, 4, 4)), theta_e_arcsec=np.ones(2))
-    with pytest.raises(DataError, match=r"short\.npz: 'theta_e_arcsec' must be numbers of shape \[3\]"):
+    with pytest.raises(
+        DataError, match=r"short\.npz: 'theta_e_arcsec' must be numbers of shape \[3\]"
+    ):
         load_examples(tmp_path / "short.npz")
     np.savez(tmp_path / "rgb.npz", images=np.ones((3, 4, 4, 3)))
     with pytest.raises(DataError, match=r"rgb\.npz: images must have one channel"):
@@ -238,7 +243,10 @@ def test_validate_images():
     good = np.ones((2, 4, 4), np.float64)
     out = validate_images(good, expected_hw=(4, 4), source="x")
     assert out.shape == (2, 4, 4, 1) and out.dtype == np.float32
-    with pytest.raises(DataError, match=r"batch\.npy: images must be \[N, H, W\] or \[N, H, W, 1\], got shape \(4, 4\)"):
+    with pytest.raises(
+        DataError,
+        match=r"batch\.npy: images must be \[N, H, W\] or \[N, H, W, 1\], got shape \(4, 4\)",
+    ):
         validate_images(np.ones((4, 4)), source="batch.npy")
     with pytest.raises(DataError, match="images are 4x4 pixels but 64x64 are expected"):
         validate_images(good, expected_hw=(64, 64))
@@ -254,7 +262,9 @@ def test_validate_images():
 
 
 def test_unknown_target_lists_valid_ones(simulated):
-    with pytest.raises(DataError, match=r"unknown target 'mass'; valid targets: theta_e_arcsec, .*log10_m_axion_ev"):
+    with pytest.raises(
+        DataError, match=r"unknown target 'mass'; valid targets: theta_e_arcsec, .*log10_m_axion_ev"
+    ):
         build_dataset(simulated, "train", targets=["mass"], batch_size=4)
     assert check_target_names(None, ["a", "b"], "s") == ["a", "b"]
 
@@ -324,7 +334,9 @@ def test_shard_cut_at_a_record_boundary_is_caught_by_the_count(simulated, tmp_pa
 def test_missing_shard(simulated, tmp_path):
     copy, shard = _damaged_copy(simulated, tmp_path, lambda b: b)
     shard.unlink()
-    with pytest.raises(DataError, match=r"test-00000-of-00001\.tfrecord: shard listed in the manifest is missing"):
+    with pytest.raises(
+        DataError, match=r"test-00000-of-00001\.tfrecord: shard listed in the manifest is missing"
+    ):
         load_examples(copy, split="test")
 
 
@@ -347,7 +359,10 @@ def test_records_with_wrong_image_size_or_nan_pixels(tmp_path):
     manifest = json.loads((wrong / "manifest.json").read_text())
     manifest["image_shape"] = [16, 16, 1]  # the shards hold 8x8 images
     (wrong / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"example 0 has 64 pixel values but the manifest's image_shape \[16, 16, 1\] needs 256"):
+    with pytest.raises(
+        DataError,
+        match=r"example 0 has 64 pixel values but the manifest's image_shape \[16, 16, 1\] needs 256",
+    ):
         load_examples(wrong, split="test")
     with pytest.raises(DataError, match="example 0 has 64 pixel values"):
         build_dataset(wrong, "test", targets=["theta_e_arcsec"], batch_size=2)

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.simulation import get_preset, parse_classes, physics, presets, simulator
-from deeplense_tf.simulation import render_image, simulate_example
+from deeplense_tf.simulation import (
+    get_preset,
+    parse_classes,
+    physics,
+    presets,
+    render_image,
+    simulate_example,
+    simulator,
+)
 
 # Float32 storage of float64 lenstronomy images: compare to this relative precision.
 RTOL = 2e-6

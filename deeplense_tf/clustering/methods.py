@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deeplense_tf.clustering.threads import few_threads
 from deeplense_tf.errors import ConfigError
 
 METHODS = ("kmeans", "gmm", "hdbscan", "agglomerative")
@@ -64,7 +65,17 @@ def _silhouette(x: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return float(silhouette_score(x, labels, sample_size=sample, random_state=seed))
 
 
-def cluster(
+def cluster(features, method: str = "kmeans", k: int | None = None, **options) -> ClusterResult:
+    """Cluster the rows of `features` `[N, d]` with `method` (see the module docstring).
+
+    Options: `seed` (0), `max_k` (10), `min_cluster_size` (HDBSCAN; default max(5, N/20)),
+    `covariance_type` (Gaussian mixture; "full").
+    """
+    with few_threads(len(features)):
+        return _cluster(features, method, k, **options)
+
+
+def _cluster(
     features: np.ndarray,
     method: str = "kmeans",
     k: int | None = None,
@@ -74,7 +85,6 @@ def cluster(
     min_cluster_size: int | None = None,
     covariance_type: str = "full",
 ) -> ClusterResult:
-    """Cluster the rows of `features` `[N, d]` with `method` (see the module docstring)."""
     if method not in METHODS:
         raise ConfigError(f"clustering method {method!r} is not one of {', '.join(METHODS)}")
     x = np.asarray(features, dtype=np.float64)
@@ -95,7 +105,7 @@ def cluster(
         mcs = int(min_cluster_size or max(5, n // 20))
         if not 2 <= mcs <= n:
             raise ConfigError(f"min_cluster_size must be in 2..{n}, got {mcs}")
-        labels = HDBSCAN(min_cluster_size=mcs).fit_predict(x)
+        labels = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(x)
         found = len(set(labels.tolist()) - {NOISE})
         return ClusterResult(
             labels, method, found, "density",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deeplense_tf.clustering.threads import few_threads
 from deeplense_tf.errors import ConfigError
 
 
@@ -73,13 +74,11 @@ def reduce_2d(features: np.ndarray, method: str = "pca", seed: int = 0,
 
         # Perplexity must stay below N; ~N/3 keeps small test sets meaningful.
         perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
-        from threadpoolctl import threadpool_limits
-
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                     learning_rate="auto")
-        # Below ~1,000 points OpenMP threads only add spin-wait overhead (10x slower on a
-        # busy machine); larger maps keep sklearn's default threading.
-        with threadpool_limits(limits=1 if n < 1000 else None, user_api="openmp"):
+        # Below ~1,000 points threads only add spin-wait overhead (see threads.py); t-SNE
+        # on thousands of points gains from them.
+        with few_threads(n, threshold=1000):
             return tsne.fit_transform(x)
     import umap
 

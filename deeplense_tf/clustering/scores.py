@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deeplense_tf.clustering.threads import few_threads
+
 NOISE = -1
 # A variable with at most this many distinct integer values is treated as categorical.
 MAX_CATEGORIES = 20
@@ -223,6 +225,11 @@ def probe_accuracy(features: np.ndarray, truth: np.ndarray, seed: int = 0) -> di
 def score_variables(features: np.ndarray, labels: np.ndarray, variables: list[HiddenVariable],
                     seed: int = 0, probes: bool = True) -> list[dict]:
     """One row per hidden variable: the scores of the module docstring for its kind."""
+    with few_threads(len(features)):
+        return _score_variables(features, labels, variables, seed, probes)
+
+
+def _score_variables(features, labels, variables, seed, probes) -> list[dict]:
     rows = []
     for var in variables:
         row = {"variable": var.name, "group": var.group, "kind": var.kind}

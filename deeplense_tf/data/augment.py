@@ -112,8 +112,10 @@ def inverse(name: str) -> str:
 def _signed_permutation(matrix) -> tuple[bool, int, int]:
     matrix = np.asarray(matrix)
     swap = matrix[0, 0] == 0
-    return bool(swap), int(matrix[0, 1] if swap else matrix[0, 0]), int(
-        matrix[1, 0] if swap else matrix[1, 1]
+    return (
+        bool(swap),
+        int(matrix[0, 1] if swap else matrix[0, 0]),
+        int(matrix[1, 0] if swap else matrix[1, 1]),
     )
 
 
@@ -171,9 +173,7 @@ def _apply_signed_permutation(a, b, swap, s0, s1):
         s0, s1 = tf.cast(s0, a.dtype), tf.cast(s1, a.dtype)
         return s0 * tf.where(swap, b, a), s1 * tf.where(swap, a, b)
     a, b = np.asarray(a), np.asarray(b)
-    return (s0 * np.where(swap, b, a)).astype(a.dtype), (s1 * np.where(swap, a, b)).astype(
-        b.dtype
-    )
+    return (s0 * np.where(swap, b, a)).astype(a.dtype), (s1 * np.where(swap, a, b)).astype(b.dtype)
 
 
 def transform_vector(x, y, name: str):
@@ -212,7 +212,9 @@ def target_pairs(target_kinds: dict) -> list[tuple[str, str, str]]:
         if kind == "scalar":
             continue
         if kind not in ("vector", "spin2"):
-            raise DataError(f"target {name!r} has unknown kind {kind!r}; use scalar, vector or spin2")
+            raise DataError(
+                f"target {name!r} has unknown kind {kind!r}; use scalar, vector or spin2"
+            )
         partner = info.get("partner")
         component = info.get("component")
         other = target_kinds.get(partner, {})

@@ -89,7 +89,9 @@ def finalize_batch(batch, element_ids, *, targets, target_kinds, stats, normaliz
         images, values = d4.augment_batch(images, values, element_ids, target_kinds)
     values = standardize_targets(values, {name: stats[name] for name in targets})
     images = normalize_images(images, normalization)
-    return images, {name: tf.reshape(tf.cast(values[name], tf.float32), [-1, 1]) for name in targets}
+    return images, {
+        name: tf.reshape(tf.cast(values[name], tf.float32), [-1, 1]) for name in targets
+    }
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -307,7 +309,9 @@ def build_dataset(
     augmenting = allowed != ("identity",)
     kinds, needed = {}, list(chosen)
     if augmenting:
-        kinds = {n: k for n, k in info.metadata.get("target_kinds", {}).items() if n in info.available}
+        kinds = {
+            n: k for n, k in info.metadata.get("target_kinds", {}).items() if n in info.available
+        }
         for _, first, second in d4.target_pairs(kinds):
             if first in chosen or second in chosen:  # the partner is needed to transform
                 needed += [n for n in (first, second) if n not in needed]
@@ -343,7 +347,9 @@ def build_dataset(
         dataset = tf.data.Dataset.from_tensor_slices(
             {
                 "image": examples.images[keep],
-                "targets": {name: examples.targets[name][keep].astype(np.float32) for name in needed},
+                "targets": {
+                    name: examples.targets[name][keep].astype(np.float32) for name in needed
+                },
             }
         )
 

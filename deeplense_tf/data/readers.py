@@ -145,7 +145,9 @@ def check_target_names(requested, available, source: str) -> list[str]:
     unknown = [name for name in requested if name not in available]
     if unknown:
         valid = ", ".join(available) if available else "(none)"
-        raise DataError(f"{source}: unknown target {', '.join(map(repr, unknown))}; valid targets: {valid}")
+        raise DataError(
+            f"{source}: unknown target {', '.join(map(repr, unknown))}; valid targets: {valid}"
+        )
     if not requested:
         raise DataError(f"{source}: no targets chosen; valid targets: {', '.join(available)}")
     return requested
@@ -371,9 +373,7 @@ def _npy_files(directory: Path, split: str) -> tuple[Path, list[Path]]:
     root = directory
     if split_dirs:
         if split not in split_dirs:
-            raise DataError(
-                f"{directory}: no {split!r} subfolder; it has {', '.join(split_dirs)}"
-            )
+            raise DataError(f"{directory}: no {split!r} subfolder; it has {', '.join(split_dirs)}")
         root = directory / split
     files = sorted(root.rglob("*.npy"))
     if not files:
@@ -437,7 +437,9 @@ def _load_npy_folder(directory: Path, split: str, limit: int | None) -> Examples
     if limit is not None:
         files = files[:limit]
     images, labels, classes = [], [], []
-    for path in tqdm(files, desc="reading .npy", unit="file", file=sys.stderr, disable=len(files) < 2000):
+    for path in tqdm(
+        files, desc="reading .npy", unit="file", file=sys.stderr, disable=len(files) < 2000
+    ):
         image, label = parse_deeplense_array(load_npy(path), str(path))
         if images and image.shape != images[0].shape:
             raise DataError(
@@ -532,7 +534,9 @@ def _assemble(source, images, targets, class_id, class_names, nuisance, metadata
 def _split_keys(keys, source: str):
     """Sort array names into targets and nuisances (`target/x` or bare `x`; `nuisance/x`)."""
     if "images" not in keys:
-        raise DataError(f"{source}: no 'images' array (found {', '.join(sorted(keys)) or 'nothing'})")
+        raise DataError(
+            f"{source}: no 'images' array (found {', '.join(sorted(keys)) or 'nothing'})"
+        )
     targets, nuisance = {}, {}
     for key in keys:
         if key in _NPZ_RESERVED:
@@ -567,7 +571,9 @@ def _load_npz(path: Path, limit: int | None) -> Examples:
             except (OSError, zipfile.BadZipFile, EOFError) as error:
                 raise DataError(f"{source}: {key!r} is corrupt ({error})") from None
             except IndexError:
-                raise DataError(f"{source}: {key!r} must be an array with one entry per image") from None
+                raise DataError(
+                    f"{source}: {key!r} must be an array with one entry per image"
+                ) from None
 
         metadata = _parse_metadata(archive["metadata"].item(), source) if "metadata" in keys else {}
         return _assemble(
@@ -591,7 +597,9 @@ def _load_h5(path: Path, limit: int | None) -> Examples:
         raise DataError(f"{source}: not a readable HDF5 file ({error})") from None
     with handle:
         keys = []
-        handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None
+        )
         targets, nuisance = _split_keys(keys, source)
         cut = slice(None, limit)
 

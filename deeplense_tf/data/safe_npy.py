@@ -53,7 +53,9 @@ def restricted_loads(payload: bytes, source: str = "pickle"):
     except pickle.UnpicklingError as error:
         raise DataError(f"{source}: {error}") from None
     except Exception as error:  # malformed stream: EOFError, ValueError, TypeError ...
-        raise DataError(f"{source}: not a readable numpy pickle ({type(error).__name__}: {error})") from None
+        raise DataError(
+            f"{source}: not a readable numpy pickle ({type(error).__name__}: {error})"
+        ) from None
 
 
 def load_npy(path) -> np.ndarray:

@@ -35,6 +35,7 @@ from deeplense_tf.export.spec import (
     keras_reference,
     max_abs_difference,
     max_scaled_difference,
+    model_input,
     physical_outputs,
 )
 
@@ -66,7 +67,7 @@ def embedding_submodel(model):
     import keras
 
     layer = model.get_layer(EMBEDDING_LAYER)
-    return keras.Model(model.inputs, layer.output, name=f"{model.name}_{EMBEDDING_LAYER}")
+    return keras.Model(model_input(model), layer.output, name=f"{model.name}_{EMBEDDING_LAYER}")
 
 
 def validate_images(image, input_shape):

@@ -69,7 +69,7 @@ class ExportSpec:
     def from_run(cls, run) -> ExportSpec:
         """From a loaded `deeplense_tf.training.run.Run`."""
         return cls(
-            model_name=str(getattr(run, "model_name", None) or run.model.name),
+            model_name=str((getattr(run, "info", None) or {}).get("model") or run.model.name),
             targets=tuple(run.targets),
             head=str(run.head),
             input_shape=tuple(int(d) for d in run.input_shape),
@@ -98,6 +98,11 @@ class ExportSpec:
     def _stats(self, target):
         stats = self.target_stats[target]
         return float(stats["mean"]), float(stats["std"])
+
+
+def model_input(model):
+    """The model's input tensor(s) in the structure its call expects (one tensor, not `[x]`)."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 def physical_outputs(raw: Mapping, spec: ExportSpec) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -162,7 +163,11 @@ def convert_variant(saved_model_dir, variant: str, representative_images=None) -
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
     try:
-        return converter.convert()
+        with warnings.catch_warnings():
+            # int8 calibration runs the deprecated tf.lite.Interpreter inside the converter;
+            # the files themselves are checked with ai_edge_litert.
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+            return converter.convert()
     except Exception as err:  # ConverterError and friends: say which ops are missing
         raise ExportError(f"TFLite {variant}: {describe_conversion_error(err)}") from err
 

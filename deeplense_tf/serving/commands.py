@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from deeplense_tf.errors import ConfigError
@@ -97,7 +98,8 @@ def _models(args):
     return models
 
 
-def run(args) -> int:
+def build_server(args):
+    """The (not yet started) `ModelServer` the parsed `args` describe; ConfigError on bad options."""
     from deeplense_tf.serving.server import ModelServer, ModelStore
 
     for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
@@ -105,15 +107,24 @@ def run(args) -> int:
             raise ConfigError(f"{flag} must be a port number, got {port}")
     if args.max_request_bytes < 1024:
         raise ConfigError(f"--max-request-bytes must be at least 1024, got {args.max_request_bytes}")
+    if args.file_system_poll_wait_seconds < 0:
+        raise ConfigError("--file-system-poll-wait-seconds must be >= 0")
     models = _models(args)
     store = ModelStore(models, poll_interval_s=args.file_system_poll_wait_seconds,
                        batching=_batching_options(args))
-    server = ModelServer(store, host=args.host, rest_port=args.port,
-                         grpc_port=None if args.grpc_port < 0 else args.grpc_port,
-                         max_request_bytes=args.max_request_bytes)
+    return ModelServer(store, host=args.host, rest_port=args.port,
+                       grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+                       max_request_bytes=args.max_request_bytes)
+
+
+def run(args) -> int:
+    server = build_server(args)
+    store = server.store
+    models = store.models
     server.start()
-    # SIGTERM (docker stop, kill) shuts down as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (docker stop, kill) shuts down as cleanly as Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         if not _is_loopback(args.host):
             print(f"warning: listening on {args.host}: reachable from other machines",

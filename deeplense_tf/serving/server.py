@@ -262,6 +262,40 @@ class Servable:
         self._schedulers: dict[tuple, BatchScheduler] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self.warmup_requests = self._warm_up()
+
+    def _warm_up(self, limit: int = 1000) -> int:
+        """Replays ``assets.extra/tf_serving_warmup_requests`` as TF Serving does; returns the count.
+
+        The first call of a signature builds and optimises its graph (hundreds of ms);
+        doing it at load keeps that off the first client's request.
+        """
+        path = self.path / "assets.extra" / "tf_serving_warmup_requests"
+        if not path.is_file():
+            return 0
+        try:
+            from tensorflow_serving.apis import prediction_log_pb2
+        except ImportError:  # pragma: no cover - installed by `make install`
+            log.warning("%s: tensorflow-serving-api is missing; warm-up skipped", path)
+            return 0
+        count = 0
+        try:
+            for record in self._tf.data.TFRecordDataset(str(path)).take(limit):
+                entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+                if not entry.HasField("predict_log"):
+                    continue
+                request = entry.predict_log.request
+                inputs = {k: self._tf.make_ndarray(v) for k, v in request.inputs.items()}
+                signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                try:
+                    self._call(signature, self._checked_inputs(self.signature(signature), inputs))
+                except ServingError as err:
+                    log.warning("%s: warm-up request failed: %s", path, err.message)
+                    continue
+                count += 1
+        except Exception as err:  # noqa: BLE001 - a bad warm-up file must not block serving
+            log.warning("%s: warm-up stopped after %d requests: %s", path, count, err)
+        return count
 
     def signature(self, name: str) -> SignatureInfo:
         sig = self.signatures.get(name or DEFAULT_SIGNATURE)
@@ -426,6 +460,10 @@ class ModelStore:
     @property
     def model_names(self) -> list[str]:
         return list(self._models)
+
+    @property
+    def models(self) -> list[ModelConfig]:
+        return [state.config for state in self._models.values()]
 
     def start(self) -> ModelStore:
         """Loads what is on disk now and starts polling the folders."""
@@ -675,6 +713,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"deeplense-serving/{__version__}"
     sys_version = ""
     timeout = 120.0  # seconds an idle keep-alive connection is kept
+    # Small answers must not wait for the client's delayed ACK (Nagle): ~40 ms each otherwise.
+    disable_nagle_algorithm = True
 
     def do_GET(self):  # noqa: N802 - BaseHTTPRequestHandler's naming
         self._serve("GET")
@@ -754,15 +794,18 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _reply(self, status: int, payload: bytes, close: bool = False) -> None:
+        phrase = self.responses.get(status, ("",))[0]
+        lines = [f"{self.protocol_version} {status} {phrase}",
+                 f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                 "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        if close:
+            lines.append("Connection: close")
+            self.close_connection = True
+        self.log_request(status, len(payload))
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(payload)
+            # Status line, headers and body in one send: split sends of a small answer
+            # stall on the client's delayed ACK.
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         except (ConnectionError, socket.timeout):
             self.close_connection = True
 
@@ -834,6 +877,8 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         """Loads the models, binds the ports and starts answering (in background threads)."""
+        if self._http is not None:
+            return self
         self.store.start()
         try:
             self._http = _HTTPServer((self.host, self.rest_port), RestApi(self.store),

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - started
     out = args.out.rstrip("/")
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         for name in info["shards"]:
             print(f"{out}/{name}")
     print(f"{out}/{PREVIEW_NAME}")

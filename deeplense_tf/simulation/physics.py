@@ -31,7 +31,7 @@ Z_SOURCE = 1.0
 VORTEX_LENGTH_AT_1E22_ARCSEC = 0.03
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _astropy_cosmology(h0: float, om0: float, ob0: float):
     from astropy.cosmology import FlatLambdaCDM
 
@@ -43,7 +43,7 @@ def cosmology(params: dict):
     return _astropy_cosmology(float(params["H0"]), float(params["Om0"]), float(params["Ob0"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _einstein_radius_per_sqrt_msun(distances: str, z_lens: float, z_source: float,
                                    h0: float, om0: float, ob0: float) -> float:
     import astropy.units as u
@@ -81,7 +81,7 @@ def point_mass_einstein_radius(mass_msun, *, distances: str = "luminosity",
     return k * np.sqrt(mass_msun)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multiplane_deflection_scale(z_lens: float = Z_LENS, z_source: float = Z_SOURCE,
                                 z_source_convention: float = DEEPLENSE_Z_SOURCE_CONVENTION,
                                 h0: float = PYHALO_COSMOLOGY["H0"],

@@ -37,6 +37,14 @@ class Instrument:
     band: tuple[tuple[str, object], ...] = ()
     background_rms: float = 0.0  # Model I only: flux units per pixel
 
+    def __post_init__(self):
+        band = dict(self.band)
+        # lenstronomy builds the grid and PSF of a band from these keys: keep one truth.
+        if band and (band.get("pixel_scale") != self.pixel_scale_arcsec
+                     or band.get("seeing") != self.psf_fwhm_arcsec):
+            raise ValueError(f"instrument {self.name}: band pixel_scale / seeing disagree with "
+                             "pixel_scale_arcsec / psf_fwhm_arcsec")
+
     @property
     def band_kwargs(self) -> dict:
         return dict(self.band)
@@ -117,6 +125,14 @@ DEEPLENSE_NUISANCES = (
     "log10_subhalo_mass_total_msun",
 )
 AXION_TARGET = "log10_m_axion_ev"
+SCALAR = {"kind": "scalar"}
+
+# Computed once here so that importing the presets (and `deeplense simulate --help`) does not
+# need astropy; tests check both against `physics`.
+# physics.point_mass_einstein_radius(1e12): DeepLenseSim's main-halo Einstein radius (arcsec).
+DEEPLENSE_THETA_E_ARCSEC = 1.2814905676172956
+# physics.multiplane_deflection_scale(): DeepLenseSim's multi-plane shrink of deflections.
+DEEPLENSE_DEFLECTION_SCALE = 0.6334579710123899
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,17 @@ class Preset:
     vortex_mass_msun: float = 3e10
     vortex_points: int = 100
     log10_m_axion_range_ev: tuple[float, float] = (-24.0, -22.0)
+
+    def __post_init__(self):
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"preset {self.name}: image_mode must be one of {list(IMAGE_MODES)}")
+        if self.image_mode == "poisson_counts" and self.instrument.band:
+            raise ValueError(f"preset {self.name}: poisson_counts needs a Model I instrument")
+        if self.image_mode != "poisson_counts" and not self.instrument.band:
+            raise ValueError(f"preset {self.name}: {self.image_mode} needs a lenstronomy band")
+        parse_classes(self.classes)
+        if set(self.target_kinds) != set(self.targets):
+            raise ValueError(f"preset {self.name}: target_kinds must describe every target")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -208,14 +235,6 @@ def _deeplense_macro(source_light: tuple[str, tuple], extra=()) -> tuple:
     )
 
 
-SCALAR = {"kind": "scalar"}
-
-# Computed once here so that importing the presets (and `deeplense simulate --help`) does not
-# need astropy; tests check both against `physics`.
-# physics.point_mass_einstein_radius(1e12): DeepLenseSim's main-halo Einstein radius.
-DEEPLENSE_THETA_E_ARCSEC = 1.2814905676172956
-# physics.multiplane_deflection_scale(): DeepLenseSim's multi-plane shrink of deflections.
-DEEPLENSE_DEFLECTION_SCALE = 0.6334579710123899
 
 
 def _build_presets() -> dict[str, Preset]:

@@ -30,7 +30,7 @@ _KWARGS_NUMERICS = {"supersampling_factor": 1, "supersampling_convolution": Fals
 # --- cached lenstronomy objects ------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data_and_psf(instrument: Instrument):
     from lenstronomy.Data.imaging_data import ImageData
     from lenstronomy.Data.psf import PSF
@@ -76,7 +76,7 @@ def image_model(instrument: Instrument, n_point_masses: int):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def single_band(instrument: Instrument):
     """lenstronomy `SingleBand` of the instrument: zero point and noise model (cached)."""
     from lenstronomy.SimulationAPI.observation_api import SingleBand

@@ -240,31 +240,26 @@ class Run:
             raise DataError(
                 f"test-time augmentation rotates by 90 degrees and needs square images, got {height}x{width}"
             )
-        kinds = self.target_kinds
+        kinds = (self.manifest or {}).get("target_kinds") or {}
         means, variances = [], []
         for name in augment.D4_ELEMENTS:
             view = self._to_physical(
                 self.predict_standardised(augment.transform_image(images, name), batch_size)
             )
-            view_means = augment.inverse_transform_targets(
-                {t: view[t]["mean"] for t in self.targets}, name, kinds
-            )
-            means.append(view_means)
+            means.append(_back_to_original_frame(view, "mean", name, kinds, self.targets))
             if self.head == "gaussian":
-                # A D4 map permutes and flips the signs of components, so the stds follow
-                # the same permutation (their signs are dropped).
-                view_stds = augment.inverse_transform_targets(
-                    {t: view[t]["std"] for t in self.targets}, name, kinds
-                )
-                variances.append({t: np.square(view_stds[t]) for t in self.targets})
+                # A D4 map permutes components and flips their signs, so the stds follow
+                # the same permutation (their signs are dropped by squaring).
+                stds = _back_to_original_frame(view, "std", name, kinds, self.targets)
+                variances.append({t: np.square(stds[t]) for t in self.targets})
         out = {}
         for t in self.targets:
-            stacked = np.stack([m[t] for m in means])  # [8, N]
-            mean = stacked.mean(axis=0)
+            stacked = np.stack([m[t] for m in means])  # [8, N]; NaN where a view cannot be mapped back
+            mean = np.nanmean(stacked, axis=0)
             std = None
             if self.head == "gaussian":
-                aleatoric = np.stack([v[t] for v in variances]).mean(axis=0)
-                std = np.sqrt(aleatoric + stacked.var(axis=0))
+                aleatoric = np.nanmean(np.stack([v[t] for v in variances]), axis=0)
+                std = np.sqrt(aleatoric + np.nanvar(stacked, axis=0))
             out[t] = {"mean": mean, "std": std}
         return out
 
@@ -286,3 +281,28 @@ class Run:
                 f"{', '.join(names)}"
             ) from None
         return keras.Model(self.model.inputs, chosen.output, name=f"{self.model.name}_{name}")
+
+
+def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, targets) -> dict:
+    """Predictions made on an image transformed by `element`, mapped back to the original frame.
+
+    Vector / spin-2 components need their partner; a partner the run does not predict
+    is NaN, so a component that the element mixes with its partner comes back NaN and
+    that view is left out of the average (`predict` uses nan-aware means).
+    """
+    from deeplense_tf.data import augment
+
+    values = {t: view[t][key] for t in targets}
+    used_kinds = {}
+    for t in targets:
+        info = kinds.get(t) or {"kind": "scalar"}
+        if info.get("kind", "scalar") == "scalar":
+            continue
+        partner = info.get("partner")
+        used_kinds[t] = info
+        if partner in kinds:
+            used_kinds[partner] = kinds[partner]
+        if partner not in values:
+            values[partner] = np.full_like(values[t], np.nan)
+    mapped = augment.inverse_transform_targets(values, element, used_kinds)
+    return {t: mapped[t] for t in targets}

@@ -524,19 +524,32 @@ class _Trainer:
         if not self.multi_worker or not values:
             return values
         keys = sorted(values)
-        vector = tf.constant([float(values[k]) for k in keys], tf.float64)
-        per_replica = self.strategy.run(lambda: tf.identity(vector))
-        mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
+        if getattr(self, "_agree_fn", None) is None:
+            strategy = self.strategy
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.float64)])
+            def agree_fn(vector):
+                per_replica = strategy.run(tf.identity, args=(vector,))
+                return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+            self._agree_fn = agree_fn
+        mean = self._agree_fn(tf.constant([float(values[k]) for k in keys], tf.float64)).numpy()
         return dict(zip(keys, mean.tolist()))
 
     def sync_statistics(self):
-        """Average non-trainable float variables (BatchNorm moving stats) over replicas."""
+        """Average non-trainable float variables (BatchNorm moving stats) over all replicas.
+
+        Each replica updates them from its own batches, so they drift apart; after this
+        every replica (and worker) holds the same values.
+        """
         if self.replicas == 1 or not self._stat_vars:
             return
-        values = self._sync_fn()
-        local = self.strategy.experimental_local_results(values)[0]
-        for variable, value in zip(self._stat_vars, local):
-            variable.assign(value)
+        flat = self._sync_fn().numpy()
+        offset = 0
+        for variable in self._stat_vars:
+            size = int(np.prod(variable.shape))
+            variable.assign(flat[offset : offset + size].reshape(variable.shape).astype(variable.dtype))
+            offset += size
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -593,14 +606,11 @@ class _Trainer:
         self.backup = read_backup(self.out) if status == "resumable" else None
         if self.chief:
             self.out.mkdir(parents=True, exist_ok=True)
-            written = []
             save_config(self.config, self.out / run_files.CONFIG_FILE)
             _write_json(self.out / run_files.MANIFEST_FILE, self.manifest)
-            for name in (run_files.CONFIG_FILE, run_files.MANIFEST_FILE):
-                written.append(self.out / name)
             if not (self.out / run_files.RUN_FILE).is_file():
                 _write_json(self.out / run_files.RUN_FILE, self.run_info(complete=False))
-            self.written = written
+            self.log(f"wrote {self.out / run_files.CONFIG_FILE} (the resolved config)")
 
     def run_info(self, complete: bool) -> dict:
         m = self.config["model"]
@@ -648,14 +658,12 @@ class _Trainer:
 
             @tf.function
             def sync_fn():
-                def replica_fn():
-                    ctx = tf.distribute.get_replica_context()
-                    return [
-                        ctx.all_reduce(tf.distribute.ReduceOp.MEAN, tf.convert_to_tensor(v))
-                        for v in stat_vars
-                    ]
+                def replica_fn():  # reads each replica's own copy
+                    return tf.concat(
+                        [tf.reshape(tf.cast(tf.identity(v.value), tf.float32), [-1]) for v in stat_vars], 0
+                    )
 
-                return strategy.run(replica_fn)
+                return strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(replica_fn), axis=None)
 
             self._sync_fn = sync_fn
 
@@ -703,10 +711,8 @@ class _Trainer:
             self.best_weights = [v.numpy() for v in self.model.weights]
             for variable, value in zip(self.model.weights, current):
                 variable.assign(value)
-        self.log(
-            f"resuming {self.out} after epoch {self.epoch} (best {self.best_epoch and self.best:.5g} "
-            f"at epoch {self.best_epoch})" if self.best_epoch else f"resuming {self.out} after epoch {self.epoch}"
-        )
+        best = f" (best {self.config['training']['monitor']} {self.best:.5g} at epoch {self.best_epoch})"
+        self.log(f"resuming {self.out} after epoch {self.epoch}" + (best if self.best_epoch else ""))
 
     def set_plan(self, epochs: int, retrace: bool = True):
         """Train for `epochs` in all: the schedule's cosine now ends there."""
