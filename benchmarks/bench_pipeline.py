@@ -93,8 +93,16 @@ def pipeline_throughput(data_dir: Path, seconds: float) -> tuple[float, int]:
     manifest = read_manifest(data_dir)
     count = manifest["splits"]["train"]["count"]
     dataset = build_dataset(
-        data_dir, "train", targets=None, batch_size=BATCH, augment="d4", shuffle=True,
-        seed=0, cache=True, repeat=True, drop_remainder=True,
+        data_dir,
+        "train",
+        targets=None,
+        batch_size=BATCH,
+        augment="d4",
+        shuffle=True,
+        seed=0,
+        cache=True,
+        repeat=True,
+        drop_remainder=True,
     )
     iterator = iter(dataset)
     for _ in range(count // BATCH + 1):  # first epoch: reads the shards and fills the cache
@@ -114,8 +122,14 @@ def small_cnn(targets):
         from deeplense_tf.models import build_model
 
         model = build_model(
-            "cnn", (SIZE, SIZE, 1), targets, head="point", normalization="asinh", crop=None,
-            width=16, blocks=3,
+            "cnn",
+            (SIZE, SIZE, 1),
+            targets,
+            head="point",
+            normalization="asinh",
+            crop=None,
+            width=16,
+            blocks=3,
         )
         return model, "deeplense_tf.models cnn (width 16, 3 blocks, point head)"
     except Exception as error:  # the models package is optional for this benchmark
@@ -167,8 +181,10 @@ def main(argv=None) -> int:
         data_dir = Path(args.data) if args.data else write_synthetic(Path(tmp), args.num)
         pipeline, count = pipeline_throughput(data_dir, args.seconds)
     training, description = training_throughput(args.seconds)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"TensorFlow {tf.__version__}, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"TensorFlow {tf.__version__}, GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+    )
     print(f"data: {args.data or f'synthetic {count} x {SIZE}x{SIZE}, 4 shards'}")
     print(f"pipeline (augment=d4, shuffle, batch {BATCH}, after cache): {pipeline:,.0f} images/s")
     print(f"training ({description}, batch {BATCH}): {training:,.0f} images/s")

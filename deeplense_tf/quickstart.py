@@ -27,9 +27,10 @@ from pathlib import Path
 
 PRESET = "deeplense-model-2"
 CONFIG_NAME = "quickstart"
+SMOKE_CONFIG_NAME = "smoke"  # a tiny CNN: the smoke run checks the plumbing, not the model
 DEFAULT_NUM = 6000
 DEFAULT_WORKERS = 2
-SMOKE_NUM = 60
+SMOKE_NUM = 30  # train 24, val 3, test 3
 AIM_MAE_DEX = 0.15
 PUBLISHED_BEST_MAE_DEX = 0.2162  # ResNet34, DeepLense Model II (docs: deeplense-anchors)
 SUMMARY_NAME = "quickstart.json"
@@ -42,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training time budget in minutes (default: the packaged quickstart config's)")
     parser.add_argument("--num", type=int, metavar="N",
                         help=f"images to simulate (default: {DEFAULT_NUM}; {SMOKE_NUM} with --smoke)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"simulation worker processes (default: {DEFAULT_WORKERS})")
+    parser.add_argument("--workers", type=int,
+                        help=f"simulation worker processes (default: {DEFAULT_WORKERS}; 1 with --smoke)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training (default: 0)")
     parser.add_argument("--smoke", action="store_true",
                         help="shrink every step to seconds (a check that everything runs, not a result)")
@@ -93,13 +94,13 @@ def simulate_step(data_dir: Path, num: int, workers: int, seed: int, smoke: bool
 
 
 def load_quickstart_config(data_dir: Path, minutes: float | None, seed: int, smoke: bool) -> dict:
-    """The packaged quickstart config with this data set, seed, budget and smoke switch."""
+    """The packaged quickstart config (smoke config with `smoke`) for this data set, seed and budget."""
     from deeplense_tf.training.config import load_config
 
     overrides = {"data.path": str(data_dir), "seed": seed, "smoke": smoke}
     if minutes is not None:
         overrides["training.time_budget_minutes"] = float(minutes)
-    return load_config(CONFIG_NAME, overrides)
+    return load_config(SMOKE_CONFIG_NAME if smoke else CONFIG_NAME, overrides)
 
 
 def _run_complete(run_dir: Path) -> bool:
@@ -170,7 +171,7 @@ def cluster_step(run_dir: Path, data_dir: Path, cluster_dir: Path, smoke: bool):
         return json.loads(summary_path.read_text()), "reused"
     options = {"split": "test", "progress": not smoke}
     if smoke:  # a handful of examples: a linear map and no baselines keep it to seconds
-        options.update(split="train", limit=32, reduce="pca", baselines=False)
+        options.update(split="train", limit=24, reduce="pca", baselines=False)
     return _plain(cluster_run(run_dir, str(data_dir), cluster_dir, **options)), "done"
 
 
@@ -256,7 +257,9 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
     for png in sorted((run_dir / "plots").glob("*.png")):
         lines.append(f"- Training: [{_rel(png, out)}]({_rel(png, out)})")
     lines += ["", "## Export and clustering", ""]
-    lines.append(f"- Export: {export_status}" + (f" → `{_rel(out / 'export', out)}/`" if export_summary else ""))
+    version_dir = (export_summary or {}).get("version_dir")
+    lines.append(f"- Export (SavedModel for TF Serving, TFLite): {export_status}"
+                 + (f" → `{_rel(version_dir, out)}/`" if version_dir else ""))
     if cluster_summary:
         report = (cluster_summary.get("files") or {}).get("report")
         link = f" → [{_rel(report, out)}]({_rel(report, out)})" if report else ""
@@ -281,10 +284,10 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         f"deeplense simulate --preset {PRESET} --num 40000 --out data/model2",
         "deeplense train --data data/model2 --model resnet --out runs/resnet --epochs 30",
         "# what did the network learn? clusters of its features",
-        f"deeplense cluster --run {run_s} --data {data_s}",
+        f"deeplense cluster --run {run_s} --data {data_s} --out {out.as_posix()}/cluster-full",
         "# serve it: SavedModel for TF Serving, TFLite for devices",
-        f"deeplense export --run {run_s} --out {out.as_posix()}/export",
-        f"deeplense serve --model-base-path {out.as_posix()}/export/<name>",
+        f"deeplense export --run {run_s} --out {out.as_posix()}/export --tflite all --on-device",
+        f"deeplense serve --model-base-path {out.as_posix()}/export/deeplense",
         "```",
         "",
     ]
@@ -299,11 +302,13 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
 
 
 def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int | None = None,
-                   workers: int = DEFAULT_WORKERS, seed: int = 0, smoke: bool = False) -> dict:
+                   workers: int | None = None, seed: int = 0, smoke: bool = False) -> dict:
     """Run every step (reusing finished ones); returns a summary with the metrics and paths."""
     from deeplense_tf.errors import ConfigError
 
     num = num if num is not None else (SMOKE_NUM if smoke else DEFAULT_NUM)
+    # One worker simulates in-process: for a few dozen images, starting workers costs more.
+    workers = workers if workers is not None else (1 if smoke else DEFAULT_WORKERS)
     if num < 20:
         raise ConfigError(f"--num {num}: the quickstart needs at least 20 images (train, val and test splits)")
     if workers < 1:

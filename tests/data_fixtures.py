@@ -157,9 +157,3 @@ def write_dataset(
             manifest["target_stats"] = {t: _stats(v) for t, v in targets.items()}
     (directory / schema.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return directory
-
-
-def expected_split(counts_seed_offset: int, count: int, seed: int = 0, size: int = SIZE):
-    """The examples `write_dataset` writes for the split at position `counts_seed_offset`,
-    in shard-reading order when the split has one shard."""
-    return make_examples(count, seed=seed * 10 + counts_seed_offset, size=size)

@@ -354,6 +354,9 @@ def test_simulate_example_is_a_pure_function_of_preset_seed_index():
     assert np.array_equal(a["image"], b["image"]) and a["nuisance"] == b["nuisance"]
     assert not np.array_equal(a["image"], simulate_example(preset, 2, 5)["image"])
     assert not np.array_equal(a["image"], simulate_example(preset, 1, 8)["image"])  # same class
+    by_name = simulate_example("deeplense-model-2-noisy", 1, 5)  # default classes: axion
+    assert by_name["class_id"] == 2 and by_name["targets"] == simulate_example(
+        get_preset("deeplense-model-2-noisy"), 1, 5)["targets"]
 
 
 def test_example_content_targets_and_nuisance_per_class():

@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{out}/{PREVIEW_NAME}")
     print(f"{out}/manifest.json")
     counts = ", ".join(f"{s} {info['count']}" for s, info in manifest["splits"].items())
-    print(f"simulated {manifest['preset']} ({', '.join(manifest['drawn_classes'])}): "
-          f"{counts} in {elapsed:.1f} s", file=sys.stderr)
+    print(f"{out}: {manifest['preset']} ({', '.join(manifest['drawn_classes'])}), seed "
+          f"{manifest['seed']}: {counts} ({elapsed:.1f} s)", file=sys.stderr)
     return 0

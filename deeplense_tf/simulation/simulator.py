@@ -20,7 +20,7 @@ import numpy as np
 
 from deeplense_tf.data.schema import CLASS_NAMES
 from deeplense_tf.simulation import physics
-from deeplense_tf.simulation.presets import AXION_TARGET, Instrument, Preset
+from deeplense_tf.simulation.presets import AXION_TARGET, Instrument, Preset, get_preset
 
 # Lenstronomy numerics: DeepLenseSim passed {'point_source_supersampling_factor': 1} (Models
 # II, III) or {'supersampling_factor': 1, ...} (Model I); both mean no supersampling.
@@ -202,7 +202,7 @@ def render_model(preset: Preset, params: dict) -> np.ndarray:
     return model.image(kwargs_lens, kwargs_source)
 
 
-def render_image(preset: Preset, params: dict, rng: np.random.Generator | None = None) -> np.ndarray:
+def render_image(preset: Preset | str, params: dict, rng: np.random.Generator | None = None) -> np.ndarray:
     """Render explicit parameters to a float32 image [H, W, 1] in the instrument's units.
 
     `params`: as from `draw_params` (class, source_x/y_arcsec, theta_e_arcsec, lens_e1/e2,
@@ -212,6 +212,8 @@ def render_image(preset: Preset, params: dict, rng: np.random.Generator | None =
     counts without background), 2 * model (Models II/III as published) or model (noisy
     presets). With an `rng`, the preset's noise is drawn from it.
     """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
     model = render_model(preset, params)
     mode = preset.image_mode
     if mode == "doubled":
@@ -269,12 +271,15 @@ def example_nuisance(preset: Preset, params: dict) -> dict[str, float]:
     return out
 
 
-def simulate_example(preset: Preset, seed: int, index: int) -> dict:
+def simulate_example(preset: Preset | str, seed: int, index: int) -> dict:
     """Example `index` of (preset, seed): a pure function of its arguments.
 
     Returns {"image": float32 [H, W, 1] (instrument units), "class_id": int (index into
     schema.CLASS_NAMES), "targets": {name: float}, "nuisance": {name: float}}.
+    `preset` may be a name (the preset's default classes).
     """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
     params_rng, noise_rng = example_rngs(seed, index)
     class_name = class_of_index(preset, index)
     params = draw_params(preset, params_rng, class_name)

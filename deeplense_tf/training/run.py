@@ -160,7 +160,7 @@ class Run:
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim == len(self.input_shape) - 1 and self.input_shape[-1] == 1:
+        if images.ndim == 3 and self.input_shape[-1] == 1:
             images = images[..., np.newaxis]  # [N, H, W] -> [N, H, W, 1]
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.input_shape):
             raise DataError(
