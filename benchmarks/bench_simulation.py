@@ -9,8 +9,9 @@ For each preset (its default classes, axion: the slowest, 102 lens components):
   this process, as `write_dataset(workers=1)` runs it; overhead = its time / bare time;
 - ours, 2 workers: the same examples through a warm "spawn" process pool in chunks, as
   `write_dataset(workers=2)` runs them (pickling included); scaling = its rate / 1 worker.
-Process start-up (imports, about 3 s of CPU per worker) is excluded from both; `--end-to-end`
-adds a `write_dataset` run (start-up, TFRecord writing, statistics, preview) per worker count.
+Process start-up (imports, about 3 s of CPU per worker) is excluded from both; `--end-to-end N`
+adds a `write_dataset` run of N images (start-up, TFRecord writing, statistics, preview) per
+worker count.
 Prints a markdown table. The machine's load average is printed too: other processes on the
 same cores lower the 2-worker figure; the CPU time per image in the workers (last column)
 shows whether the work itself splits without extra cost.
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from deeplense_tf.simulation import get_preset, presets, simulator  # noqa: E402
 
@@ -53,27 +56,27 @@ def _start_all(pool, workers: int) -> None:
         seen.update(f.result() for f in [pool.submit(_pid_after_pause) for _ in range(workers)])
 
 
-def _time_bare(preset, seed: int, num: int) -> float:
-    calls = []
+def _time_bare_and_ours(preset, seed: int, num: int) -> tuple[float, float, float, float]:
+    """(bare wall, bare CPU, ours wall, ours CPU) seconds over `num` examples.
+
+    Each example's bare `ImageModel.image` call and its `simulate_example` run back to back,
+    so both see the same load from other processes on the machine.
+    """
+    simulator.simulate_example(preset, seed + 1, 0)  # warm every cache
+    totals = np.zeros(4)
     for index in range(num):
         params_rng, _ = simulator.example_rngs(seed, index)
         params = simulator.draw_params(preset, params_rng, simulator.class_of_index(preset, index))
-        calls.append(simulator.lenstronomy_inputs(preset, params))
-    model, kwargs_lens, kwargs_source = calls[0]
-    model.image(kwargs_lens, kwargs_source)  # warm
-    start = time.perf_counter()
-    for model, kwargs_lens, kwargs_source in calls:
+        model, kwargs_lens, kwargs_source = simulator.lenstronomy_inputs(preset, params)
+        wall, cpu = time.perf_counter(), time.process_time()
         model.image(kwargs_lens, kwargs_source)
-    return time.perf_counter() - start
-
-
-def _time_ours(preset, seed: int, num: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of `num` examples in this process."""
-    simulator.simulate_example(preset, seed + 1, 0)  # warm
-    start, cpu = time.perf_counter(), time.process_time()
-    for index in range(num):
+        totals[0] += time.perf_counter() - wall
+        totals[1] += time.process_time() - cpu
+        wall, cpu = time.perf_counter(), time.process_time()
         simulator.simulate_example(preset, seed, index)
-    return time.perf_counter() - start, time.process_time() - cpu
+        totals[2] += time.perf_counter() - wall
+        totals[3] += time.process_time() - cpu
+    return tuple(totals)
 
 
 def _cpu_timed_range(preset, seed: int, start: int, stop: int):
@@ -110,8 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="*", default=list(presets.PRESET_NAMES))
     parser.add_argument("--classes", default=None, help="'mix' etc.; default: each preset's")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
-    parser.add_argument("--end-to-end", action="store_true",
-                        help="also time write_dataset (incl. start-up) for the first preset")
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                        help="also time write_dataset of N images (incl. worker start-up) of "
+                             "the first preset, with 1 and 2 workers")
     args = parser.parse_args(argv)
     seed, workers = 0, 2
     chunk = max(1, args.num // (4 * workers))
@@ -125,27 +129,32 @@ def main(argv=None) -> int:
         _start_all(pool, workers)
         for name in args.presets:
             preset = get_preset(name, classes=args.classes)
-            bare = min(_time_bare(preset, seed, args.num) for _ in range(args.repeats))
-            ours, ours_cpu = min(_time_ours(preset, seed, args.num)
-                                 for _ in range(args.repeats))
+            bare, bare_cpu, ours, ours_cpu = min(
+                (_time_bare_and_ours(preset, seed, args.num) for _ in range(args.repeats)),
+                key=lambda t: t[2])
             pooled, pooled_cpu = min(_time_pool(pool, preset, seed, args.num, chunk)
                                      for _ in range(args.repeats))
-            rows.append((name, preset, bare, ours, pooled, ours_cpu, pooled_cpu))
+            rows.append((name, preset, bare, ours, pooled, bare_cpu, ours_cpu, pooled_cpu))
 
     n = args.num
     print(f"\nSimulation throughput, {n} images per timing (best of {args.repeats}); "
           f"classes: {args.classes or 'each preset default'}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| preset | image | bare lenstronomy (img/s) | ours, 1 worker (img/s) | overhead "
-          "| ours, 2 workers (img/s) | scaling 1->2 | CPU ms/img, 1 / 2 workers |")
+    print("| preset | image | bare lenstronomy (img/s) | ours, 1 worker (img/s) | ours, 2 workers "
+          "(img/s) | overhead, wall / CPU | scaling 1->2, wall | CPU ms/img: bare / ours 1 / "
+          "ours 2 workers |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, preset, bare, ours, pooled, ours_cpu, pooled_cpu in rows:
+    for name, preset, bare, ours, pooled, bare_cpu, ours_cpu, pooled_cpu in rows:
         h, w, _ = preset.image_shape
         print(f"| {name} | {h}x{w} ({'/'.join(preset.classes)}) | {n / bare:.0f} | "
-              f"{n / ours:.0f} | {ours / bare:.2f}x | {n / pooled:.0f} | {ours / pooled:.2f}x | "
+              f"{n / ours:.0f} | {n / pooled:.0f} | {ours / bare:.2f}x / "
+              f"{ours_cpu / bare_cpu:.2f}x | {ours / pooled:.2f}x | {1e3 * bare_cpu / n:.1f} / "
               f"{1e3 * ours_cpu / n:.1f} / {1e3 * pooled_cpu / n:.1f} |")
+    print("\noverhead = ours / bare time per image (CPU: this process's CPU time, which other "
+          "processes on the machine disturb less than wall time). With 2 free cores the "
+          "2-worker rate is bounded by 2 x (ours-1 CPU / ours-2 CPU) x the 1-worker rate.")
     if args.end_to_end:
-        name = args.presets[0]
+        name, n = args.presets[0], args.end_to_end
         print(f"\nEnd to end, `write_dataset({name!r}, {n})` incl. worker start-up, "
               "TFRecords, statistics, preview:\n")
         print("| workers | wall (s) | img/s |")

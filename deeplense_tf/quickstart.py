@@ -103,6 +103,13 @@ def load_quickstart_config(data_dir: Path, minutes: float | None, seed: int, smo
     return load_config(SMOKE_CONFIG_NAME if smoke else CONFIG_NAME, overrides)
 
 
+def _training_length(config: dict) -> str:
+    training = config.get("training", {})
+    budget = training.get("time_budget_minutes")
+    epochs = f"{training.get('epochs')} epochs"
+    return f"at most {epochs} or {budget:g} min" if budget else epochs
+
+
 def _run_complete(run_dir: Path) -> bool:
     try:
         info = json.loads((run_dir / "run.json").read_text())
@@ -214,7 +221,6 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
     splits = manifest.get("splits", {})
     counts = ", ".join(f"{s} {info.get('count')}" for s, info in splits.items())
     model = config.get("model", {})
-    training = config.get("training", {})
     lines = [
         "# DeepLense quickstart report",
         "",
@@ -224,8 +230,8 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         f"{' x '.join(str(d) for d in manifest.get('image_shape', []))} pixels in "
         f"{manifest.get('image_units', 'instrument units')}), trained a `{model.get('name')}` model "
         f"with a `{model.get('head')}` head (normalisation `{model.get('normalization')}`, crop "
-        f"{model.get('crop')}, augmentation `{config.get('data', {}).get('augment')}`, time budget "
-        f"{training.get('time_budget_minutes')} min) on {platform.machine() or 'this machine'} "
+        f"{model.get('crop')}, augmentation `{config.get('data', {}).get('augment')}`) for "
+        f"{_training_length(config)} on {platform.machine() or 'this machine'} "
         f"with {os.cpu_count()} CPU cores, and evaluated it on the "
         f"{metrics.get('examples')} test images. Total wall time: {wall_seconds / 60:.1f} min.",
         "",
@@ -326,8 +332,7 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
     steps.done("simulate", t, "reused" if manifest.pop("_reused") else "done", f"{num} images")
 
     config = load_quickstart_config(data_dir, minutes, seed, smoke)
-    budget = config["training"].get("time_budget_minutes")
-    t = steps.start("train", f"{config['model']['name']} for up to {budget} min -> {run_dir}")
+    t = steps.start("train", f"{config['model']['name']} for {_training_length(config)} -> {run_dir}")
     reused = train_step(run_dir, config, smoke)
     if reused:
         from deeplense_tf.training.config import read_yaml

@@ -235,7 +235,8 @@ def test_standardize_and_pca():
     z = reduce.standardize(x)
     assert z.shape == (30, 4)  # the constant column is dropped
     np.testing.assert_allclose(z.std(axis=0), 1.0)
-    assert reduce.pca(x, 16).shape == (30, 4)  # no more components than features
+    assert reduce.pca(x, 16, scale=True).shape == (30, 4)  # no more components than features
+    assert reduce.pca(x, 16).shape == (30, 5)
     assert reduce.pca(x[:3], 16).shape == (3, 3)
 
 

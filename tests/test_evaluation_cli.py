@@ -137,5 +137,19 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tiny_run, tmp_path, caps
     assert str(small) in line and "(8, 8, 1)" in line
     line = _one_line_error(capsys, ["predict", "--run", run, str(tiny_run["data"]), "--out", str(tmp_path / "p.txt")])
     assert "p.txt" in line and ".json" in line
+    line = _one_line_error(capsys, ["evaluate", "--run", run, "--bins", "0"])
+    assert "--bins" in line
     line = _one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "norun")])
     assert "norun" in line
+
+
+def test_run_from_another_version_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(tiny_run["run"], old)
+    info = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps(dict(info, format_version=99, deeplense_tf="9.9")))
+    for argv in (["evaluate", "--run", str(old)], ["predict", "--run", str(old), str(tiny_run["data"])]):
+        line = _one_line_error(capsys, argv)
+        assert str(old) in line and "format_version 99" in line

@@ -171,7 +171,8 @@ def test_models_config_and_batching_parameters_parse(exported):
                                model_server_config_pb2.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert entry.name == "deeplense" and Path(entry.base_path) == (out / "deeplense").resolve()
-    assert entry.model_platform == "tensorflow" and entry.version_labels["latest"] == 1
+    assert entry.model_platform == "tensorflow" and entry.model_version_policy.HasField("all")
+    assert not entry.version_labels  # TF Serving would refuse to start with labels on unloaded versions
 
     from deeplense_tf.serving.batching import BatchingOptions
 
@@ -435,7 +436,6 @@ def test_cli_exports_next_version_and_refuses_existing_without_overwrite(exporte
     assert "signature serving_default: image [-1, 16, 16, 1] -> " in printed
     assert f"wrote version_dir: {out / 'deeplense' / '2'}" in printed
     assert exporter.existing_versions(out / "deeplense") == [1, 2]
-    assert "value: 2" in (out / "models.config").read_text()  # label latest -> 2
 
     before = (out / "deeplense" / "1" / "export.json").read_text()
     assert cli.main(["export", "--run", str(run_dir), "--out", str(out), "--version", "1"]) == 1

@@ -140,3 +140,36 @@ def test_client_side_decoding():
     assert arr.dtype == np.float32 and arr.shape == (1, 2)
     raw = json_to_output([{"b64": "AAE="}, {"b64": "Ag=="}])
     assert raw.tolist() == [b"\x00\x01", b"\x02"]
+
+
+@pytest.mark.parametrize("text", [
+    b'{"instances": [[[[1.5], [-2]], [[NaN], [1e-3]]]]}',
+    b'{"signature_name": "serving_default", "inputs": [[[[0.25],[1]],[[2],[3]]], [[[4],[5]],[[6],[7]]]]}',
+    b' { "inputs" : [ [ [ [ 1 ] , [ 2 ] ] , [ [ 3 ] , [ Infinity ] ] ] ] , "signature_name" : "x" } ',
+])
+def test_fast_path_reads_plain_numeric_bodies_exactly_like_json(text):
+    fast = parse_predict_body(text)
+    assert fast.numeric is not None  # took the fast path
+    doc = json.loads(text)
+    assert fast.signature_name == doc.get("signature_name", "")
+    got, fmt = request_inputs(fast, IMAGE)
+    key = "instances" if "instances" in doc else "inputs"
+    want = np.asarray(doc[key], dtype=np.float32)
+    assert fmt == (ROW if key == "instances" else COLUMNAR)
+    np.testing.assert_array_equal(got["image"], want)
+    assert got["image"].dtype == np.float32
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (b'{"instances": [[1, 2], [3]]}', "Failed to process element: 1"),  # ragged
+    (b'{"instances": [[1, 2], [3, [4]]]}', "Failed to process element: 1"),
+    (b'{"instances": [[1,, 2]]}', "JSON Parse error"),
+    (b'{"instances": [1.2.3]}', "JSON Parse error"),
+    (b'{"instances": []}', "No values in 'instances' array"),
+    (b'{"instances": [[16777217]]}', "without loss of precision"),
+])
+def test_fast_path_leaves_odd_bodies_to_json_for_its_messages(text, fragment):
+    spec = {"x": TensorInfo("DT_FLOAT", None)}
+    with pytest.raises(ServingError) as info:
+        request_inputs(parse_predict_body(text), spec)
+    assert fragment in info.value.message

@@ -468,10 +468,24 @@ def test_fine_tuning_freezes_then_unfreezes_the_encoder(resumed, other_data_dir,
     assert any(not np.array_equal(a, b) for a, b in
                zip(weights(source, head_layers), weights(after_frozen, head_layers)))
 
-    run, printed = quiet_train(config, out)  # resumes into the unfrozen phase
-    assert "encoder unfrozen" in printed
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(weights(source, encoder_layers), weights(run.model, encoder_layers)))
+    # Epoch 2 trains every layer; stop before the best weights are restored and read the
+    # backup, which holds the model as it was after epoch 2.
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stdout(io.StringIO()) as printed:
+        train(config, out, progress=False, _interrupt_after=2)
+    assert "encoder unfrozen" in printed.getvalue()
+    import tensorflow as tf
+
+    from deeplense_tf.training.trainer import build_model_from_config, read_backup
+
+    after_unfrozen = build_model_from_config(config, (16, 16, 1), TARGETS)
+    tf.train.Checkpoint(model=after_unfrozen).read(read_backup(out)[0]).expect_partial()
+    for a, b in zip(weights(after_frozen, head_layers), weights(after_unfrozen, head_layers)):
+        assert not np.array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(weights(source, encoder_layers), weights(after_unfrozen, encoder_layers))]
+    assert sum(changed) >= len(changed) // 2  # kernels and BN statistics alike
+
+    run, _ = quiet_train(config, out)  # every epoch done: only the finishing steps run
     assert run.targets == TARGETS and run.info["init_from"] == str(resumed["out"].resolve())
     lrs = [row["learning_rate"] for row in read_history(out)]
     # The rate for the next step: after epoch 1 the start of phase 2 (3e-3 * 0.1, one

@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
                         help="cluster on the leading principal components or on the 2-D map")
     parser.add_argument("--pca-components", type=int, default=DEFAULT_PCA_COMPONENTS,
                         help="principal components the clustering runs on (default: %(default)s)")
+    parser.add_argument("--standardize", action="store_true",
+                        help="scale every feature to unit variance before PCA (default: only "
+                             "centre, so the most active directions lead)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -46,7 +49,8 @@ def run(args) -> int:
         args.run, args.data, args.out,
         split=args.split, limit=args.limit, layer=args.layer, pooling=args.pooling,
         method=args.method, k=args.k, reduce=args.reduce, cluster_space=args.cluster_space,
-        pca_components=args.pca_components, min_cluster_size=args.min_cluster_size,
+        pca_components=args.pca_components, standardize=args.standardize,
+        min_cluster_size=args.min_cluster_size,
         baselines=not args.no_baselines, batch_size=args.batch_size, seed=args.seed,
     )
     files = summary["files"]

@@ -6,9 +6,9 @@
 - `cluster_run(run_dir, data, out_dir, ...)`: the same for a training run folder and any
   data set `load_examples` reads (what `deeplense cluster` and the quickstart call).
 
-How each feature set is clustered: features are standardised per unit (network features;
-raw-pixel components are only centred) and reduced by PCA to `pca_components` dimensions;
-the clustering runs there (`cluster_space="pca"`) or on the 2-D map
+How each feature set is clustered: features are centred (and, with `standardize=True`,
+scaled to unit variance per unit; never for raw pixels, which share one unit) and reduced
+by PCA to `pca_components` dimensions; the clustering runs there (`cluster_space="pca"`) or on the 2-D map
 (`cluster_space="map"`). When k is not given, the trained features choose it (BIC or
 silhouette, see `methods`) and the baselines are clustered with the same k, so ARI and NMI
 compare like with like (HDBSCAN: each finds its own). Probes always use the full features.
@@ -79,7 +79,7 @@ def analyse_features(
     reduce: str = "pca",
     cluster_space: str = "pca",
     pca_components: int = DEFAULT_PCA_COMPONENTS,
-    scale: bool = True,
+    scale: bool = False,
     seed: int = 0,
     min_cluster_size: int | None = None,
     make_map: bool = True,
@@ -148,6 +148,7 @@ def cluster_model(
     reduce: str = "tsne",
     cluster_space: str = "pca",
     pca_components: int = DEFAULT_PCA_COMPONENTS,
+    standardize: bool = False,
     min_cluster_size: int | None = None,
     baselines: bool = True,
     random_model=None,
@@ -180,7 +181,7 @@ def cluster_model(
 
     features = extract_features(model, images, layer=layer_name, pooling=pooling,
                                 batch_size=batch_size, progress=progress, source=source)
-    feature_sets = {"trained": (features, True)}
+    feature_sets = {"trained": (features, standardize)}
     if baselines:
         rand = random_model if random_model is not None else baselines_mod.random_weight_model(
             model, seed=seed)
@@ -188,7 +189,7 @@ def cluster_model(
             extract_features(rand, images, layer=layer_name, pooling=pooling,
                              batch_size=batch_size, progress=progress,
                              desc="random-weight baseline", source=source),
-            True,
+            standardize,
         )
         feature_sets["raw_pixels"] = (baselines_mod.raw_pixel_features(images, seed=seed), False)
 
@@ -241,6 +242,7 @@ def cluster_model(
         "reduce": reduce,
         "cluster_space": (f"{pca_components} principal components"
                           if cluster_space == "pca" else f"the {reduce} map"),
+        "standardize": standardize,
         "seed": seed,
         "k": trained["k"],
         "feature_sets": {
@@ -287,7 +289,7 @@ def cluster_run(run_dir, data, out_dir, **options) -> dict:
     `data`: a path `load_examples` reads (simulated data directory, DeepLense `.npy`
     folder, `.npz`, `.h5`) or an `Examples`. Options: `split` ("test"), `limit` (first N
     examples), `layer`, `pooling`, `method`, `k`, `reduce`, `cluster_space`,
-    `pca_components`, `min_cluster_size`, `baselines`, `batch_size`, `seed`,
+    `pca_components`, `standardize`, `min_cluster_size`, `baselines`, `batch_size`, `seed`,
     `montage_per_cluster`, `progress`. The random-weight baseline is the run's model
     rebuilt from its `config.yaml` with fresh weights seeded by `seed`.
     """

@@ -129,7 +129,8 @@ def markdown(summary: dict, profiles: list[dict]) -> str:
         f"- data: `{summary.get('data', '')}` ({summary['n']} examples)",
         f"- layer: `{summary['layer']}` ({summary['feature_dim']} features, pooling "
         f"{summary.get('pooling', 'mean')})",
-        f"- clustering: {summary['method']} on {summary['cluster_space']}, "
+        f"- clustering: {summary['method']} on {summary['cluster_space']}"
+        f"{' of standardised features' if summary.get('standardize') else ''}, "
         f"k = {trained['k']} ({trained['k_selection']}); 2-D map: {summary['reduce']}",
         "",
         "## Cluster quality",

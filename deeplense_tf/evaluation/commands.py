@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deeplense_tf.errors import DataError
+from deeplense_tf.errors import ConfigError, DataError
 from deeplense_tf.evaluation.metrics import DEFAULT_BINS
 
 
@@ -66,7 +66,7 @@ def evaluate_command(
     from deeplense_tf.training.run import Run
 
     if bins < 1:
-        raise DataError(f"--bins must be at least 1, got {bins}")
+        raise ConfigError(f"--bins must be at least 1, got {bins}")
     run = Run.load(run_path)
     data = str(data) if data is not None else default_data_path(run, run_path)
     examples = load_examples(data, split=split, limit=limit)

@@ -233,7 +233,7 @@ def export_run(
             f"{data_path!r} does not exist here; pass --calibration-data PATH"
         )
 
-    created = [p for p in (out_dir, model_dir) if not p.exists()]
+    created = [p for p in (model_dir, *model_dir.parents) if not p.exists()][::-1]
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or next_version(model_dir)
     final = model_dir / str(version)
@@ -286,7 +286,7 @@ def export_run(
         "version_dir": final,
         "saved_model": final,
         "report": final / REPORT_FILE,
-        "models_config": savedmodel.write_models_config(out_dir, {name: max(existing_versions(model_dir))}),
+        "models_config": savedmodel.write_models_config(out_dir),
         "batching_parameters": savedmodel.write_batching_parameters(out_dir),
     }
     for variant in variants:

@@ -267,13 +267,17 @@ def model_names_in(out_dir) -> list[str]:
     return names
 
 
-def write_models_config(out_dir, latest_versions: dict[str, int]) -> Path:
+def write_models_config(out_dir) -> Path:
     """`out_dir/models.config`: a text-format ModelServerConfig listing every model folder.
 
-    Each model serves all its versions (so clients can pin `/versions/N`), with the
-    label `latest` on the newest version. `base_path` is absolute, as TF Serving
-    resolves relative paths against its own working directory; edit it when the
-    folder is mounted elsewhere (e.g. `/models/<name>` in a container).
+    Each model serves all its versions (`model_version_policy { all {} }`), so clients
+    can pin `/versions/N` and a new export is served next to the previous one. No
+    version labels: TF Serving refuses to start with labels on versions it has not
+    loaded yet unless run with `--allow_version_labels_for_unavailable_models`; add
+    `version_labels { key: "stable" value: N }` once the versions are up. `base_path`
+    is absolute, as TF Serving resolves relative paths against its own working
+    directory; edit it when the folder is mounted elsewhere (`/models/<name>` in a
+    container).
     """
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -286,10 +290,6 @@ def write_models_config(out_dir, latest_versions: dict[str, int]) -> Path:
         entry.base_path = os.fspath((out_dir / name).resolve())
         entry.model_platform = "tensorflow"
         entry.model_version_policy.all.SetInParent()
-        newest = latest_versions.get(name) or max(
-            int(v.name) for v in (out_dir / name).iterdir() if v.name.isdigit()
-        )
-        entry.version_labels["latest"] = int(newest)
     return _atomic_write(out_dir / MODELS_CONFIG, text_format.MessageToString(config))
 
 

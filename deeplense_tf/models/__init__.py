@@ -19,7 +19,13 @@ from deeplense_tf.models.heads import (
     make_metrics,
     split_gaussian,
 )
-from deeplense_tf.models.layers import AddPositionEmbedding, ImagePreprocess, PatchSequence, PolarUnwrap
+from deeplense_tf.models.layers import (
+    AddPositionEmbedding,
+    FoldedTimeDistributed,
+    ImagePreprocess,
+    PatchSequence,
+    PolarUnwrap,
+)
 from deeplense_tf.models.registry import (
     MODEL_NAMES,
     build_model,
@@ -37,6 +43,7 @@ __all__ = [
     "MODEL_NAMES",
     "POINT_LOSSES",
     "AddPositionEmbedding",
+    "FoldedTimeDistributed",
     "GaussianNLL",
     "ImagePreprocess",
     "PatchSequence",

@@ -20,7 +20,8 @@ image as a sequence *around* the centre makes that geometry explicit:
   CNN-LSTM for images; patch size = ceil(size / 8), an 8x8 = 64-step sequence
   for 48 and 64 px inputs).
 
-Each frame goes through the same small CNN (`TimeDistributed` over a `Sequential`
+Each frame goes through the same small CNN (`FoldedTimeDistributed`, a
+`TimeDistributed` that folds time into the batch, over a `Sequential`
 named `frame_encoder`: three 3x3 conv - BatchNorm - ReLU layers, 2x pooling along
 any frame axis of at least 4 samples, then flatten + dense, so the radial position
 of a feature is kept rather than averaged away). The per-frame features feed an
@@ -41,7 +42,7 @@ import math
 
 import keras
 
-from deeplense_tf.models.layers import PatchSequence, PolarUnwrap
+from deeplense_tf.models.layers import FoldedTimeDistributed, PatchSequence, PolarUnwrap
 from deeplense_tf.models.registry import register, require, spatial_size
 
 VIEWS = ("polar", "raster")
@@ -122,7 +123,7 @@ def build_cnn_lstm(
         x = PatchSequence(patch_size, name="patch_sequence")(x)
 
     encoder = _frame_encoder(tuple(x.shape[2:]), width, frame_features, bn_momentum)
-    x = keras.layers.TimeDistributed(encoder, name="frames")(x)
+    x = FoldedTimeDistributed(encoder, name="frames")(x)
     for i in range(lstm_layers):
         lstm = keras.layers.LSTM(lstm_units, return_sequences=i < lstm_layers - 1, unroll=True, name=f"lstm{i}")
         if bidirectional:

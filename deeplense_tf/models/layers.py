@@ -280,3 +280,24 @@ class PatchSequence(keras.layers.Layer):
         config = super().get_config()
         config["patch_size"] = self.patch_size
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FoldedTimeDistributed(keras.layers.TimeDistributed):
+    """`TimeDistributed` that folds time into the batch: `[B, T, ...] -> [B*T, ...] -> layer`.
+
+    Keras 3's `TimeDistributed` calls the wrapped layer once per time step in a
+    Python loop when T is static: T copies of the frame CNN in the graph (slow to
+    trace, large TFLite files) and BatchNorm statistics per step instead of over
+    all frames. Folding calls the layer once, on every frame of the batch. The
+    reshapes use static inner sizes and -1 for the batch, so they stay TFLite
+    builtins with a dynamic batch. Takes the same arguments as `TimeDistributed`.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        steps, frame = inputs.shape[1], tuple(inputs.shape[2:])
+        if steps is None or None in frame:
+            return super().call(inputs, training=training, mask=mask)
+        kwargs = {"training": training} if self.layer._call_has_training_arg else {}
+        outputs = self.layer(tf.reshape(inputs, (-1, *frame)), **kwargs)
+        return tf.reshape(outputs, (-1, steps, *outputs.shape[1:]))

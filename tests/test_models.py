@@ -1,0 +1,386 @@
+"""Model registry, architectures, heads and custom layers (deeplense_tf.models).
+
+Training steps run eagerly (`run_eagerly=True`): with tiny models one eager step
+takes well under a second, while tracing a train function costs seconds per
+model on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from roundtrip import (
+    assert_config_roundtrip,
+    assert_keras_roundtrip,
+    assert_layer_config_roundtrip,
+)
+
+from deeplense_tf.data import transforms
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.models import (
+    LOG_VAR_LIMIT,
+    MODEL_NAMES,
+    FoldedTimeDistributed,
+    GaussianNLL,
+    ImagePreprocess,
+    PatchSequence,
+    PolarUnwrap,
+    SoftClipLogVariance,
+    build_model,
+    embedding_model,
+    encoder_layers,
+    head_layers,
+    make_losses,
+    make_metrics,
+    model_options,
+    set_encoder_trainable,
+    split_gaussian,
+)
+
+TARGETS = ["log10_m_axion", "theta_e_arcsec"]
+SHAPE = (64, 64, 1)
+
+# Tiny configurations: every architecture's topology, a fraction of its size.
+TINY = {
+    "cnn": {"width": 4, "blocks": 2},
+    "resnet": {"depth": 18, "width": 4},
+    "efficientnet": {"variant": "b0"},
+    "vit": {"dim": 16, "depth": 1, "heads": 2, "patch_size": 8},
+    "cnn_lstm": {"steps": 8, "angles_per_step": 2, "radii": 8, "width": 4,
+                 "frame_features": 8, "lstm_units": 8},
+}
+TINY_RASTER = {"view": "raster", "patch_size": 16, "width": 4, "frame_features": 8,
+               "lstm_units": 8, "bidirectional": False}
+
+
+def _images(n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.gamma(2.0, 0.5, size=(n, *SHAPE)).astype("float32")
+
+
+def _targets(n=2, seed=1):
+    rng = np.random.default_rng(seed)
+    return {t: rng.normal(size=(n, 1)).astype("float32") for t in TARGETS}
+
+
+@pytest.fixture(scope="module")
+def efficientnet_models():
+    """EfficientNetV2-B0 takes seconds to build: once per head for the module."""
+    return {
+        head: build_model("efficientnet", SHAPE, TARGETS, head=head, crop=32, **TINY["efficientnet"])
+        for head in ("gaussian", "point")
+    }
+
+
+def _model(name, head, efficientnet_models, **extra):
+    if name == "efficientnet" and not extra:
+        return efficientnet_models[head]
+    options = {**(TINY_RASTER if name == "cnn_lstm_raster" else TINY[name]), **extra}
+    arch = "cnn_lstm" if name == "cnn_lstm_raster" else name
+    return build_model(arch, SHAPE, TARGETS, head=head, crop=48, **options)
+
+
+ARCHS = ["cnn", "resnet", "efficientnet", "vit", "cnn_lstm", "cnn_lstm_raster"]
+
+
+def test_registry_lists_every_architecture():
+    assert set(MODEL_NAMES) >= {"cnn", "resnet", "efficientnet", "vit", "cnn_lstm"}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("head", ["gaussian", "point"])
+def test_builds_and_trains_one_step(name, head, efficientnet_models):
+    model = _model(name, head, efficientnet_models)
+    assert model.input.name == "image" or model.inputs[0].name == "image"
+    assert model.get_layer("preprocess").__class__ is ImagePreprocess
+    images, targets = _images(), _targets()
+    outputs = model(images, training=False)
+    assert set(outputs) == set(TARGETS)
+    width = 2 if head == "gaussian" else 1
+    for target in TARGETS:
+        assert tuple(outputs[target].shape) == (2, width)
+        assert outputs[target].dtype == "float32"
+    embedding = model.get_layer("embedding").output
+    assert len(embedding.shape) == 2
+
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=make_losses(head, TARGETS, point_loss="huber"),
+        metrics=make_metrics(head, TARGETS),
+        run_eagerly=True,
+    )
+    trainable = [w.numpy().copy() for w in model.trainable_weights]
+    logs = model.train_on_batch(images, targets, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    assert f"{TARGETS[0]}_mae" in logs
+    changed = [not np.array_equal(a, w.numpy()) for a, w in zip(trainable, model.trainable_weights)]
+    assert np.mean(changed) > 0.9, "one training step should update (nearly) every weight"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_keras_and_config_roundtrip(name, efficientnet_models, tmp_path):
+    head = "gaussian" if name in ("cnn", "efficientnet", "cnn_lstm") else "point"
+    model = _model(name, head, efficientnet_models)
+    images = _images()
+    # One eager training step moves the BatchNorm statistics off their initial values,
+    # so a reload that lost them would show.
+    model.compile(optimizer="sgd", loss=make_losses(head, TARGETS), run_eagerly=True)
+    model.train_on_batch(images, _targets())
+    reloaded = assert_keras_roundtrip(model, images, tmp_path, atol=1e-6)
+    assert reloaded.get_layer("embedding") is not None
+    assert_config_roundtrip(model, images, atol=1e-6)
+
+
+def test_custom_layer_configs_roundtrip():
+    layers = [
+        ImagePreprocess("asinh", 40),
+        PolarUnwrap(8, 3, 5, max_radius=12.5, center=(30.0, 31.5)),
+        PatchSequence(6),
+        SoftClipLogVariance(4.0),
+        FoldedTimeDistributed(keras.layers.Dense(3)),
+    ]
+    for layer in layers:
+        clone = assert_layer_config_roundtrip(layer)
+        assert clone.__class__ is layer.__class__
+    loss = GaussianNLL(log_var_limit=6.0)
+    clone = GaussianNLL.from_config(loss.get_config())
+    assert clone.log_var_limit == 6.0
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss)).log_var_limit == 6.0
+
+
+def test_resnet18_parameter_count_is_pinned():
+    # Default resnet (depth 18, width 32) on the 2-channel peak_asinh input with one
+    # Gaussian target: the 2.8M-parameter network of the accuracy benchmark.
+    model = build_model("resnet", SHAPE, ["log10_m_axion"], crop=48)
+    assert model.count_params() == 2_800_066
+    # Image size does not change a conv net's parameter count.
+    assert build_model("resnet", (150, 150, 1), ["log10_m_axion"]).count_params() == 2_800_066
+
+
+def test_unknown_model_and_options_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown model 'resnet50'.*cnn.*vit"):
+        build_model("resnet50", SHAPE, TARGETS)
+    with pytest.raises(ConfigError, match="unknown option 'widht' for model 'cnn'"):
+        build_model("cnn", SHAPE, TARGETS, widht=8)
+    with pytest.raises(ConfigError, match="depth=50"):
+        build_model("resnet", SHAPE, TARGETS, depth=50)
+    with pytest.raises(ConfigError, match="unknown head"):
+        build_model("cnn", SHAPE, TARGETS, head="quantile")
+    with pytest.raises(ConfigError, match="crop 80"):
+        build_model("cnn", SHAPE, TARGETS, crop=80)
+    with pytest.raises(ConfigError, match="unknown normalization"):
+        build_model("cnn", SHAPE, TARGETS, normalization="log")
+    with pytest.raises(ConfigError, match="heads=3"):
+        build_model("vit", SHAPE, TARGETS, dim=16, heads=3)
+    with pytest.raises(ConfigError, match="no targets"):
+        build_model("cnn", SHAPE, [])
+    assert "bn_momentum" in model_options("resnet") and model_options("resnet")["bn_momentum"] == 0.95
+    assert "dropout" in model_options("cnn_lstm")
+
+
+def test_default_bn_momentum_reaches_every_batchnorm(efficientnet_models):
+    for name in ("cnn", "resnet", "cnn_lstm"):
+        model = build_model(name, SHAPE, TARGETS, crop=48, **TINY[name])
+        bns = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+        assert bns and all(bn.momentum == 0.95 for bn in bns), name
+    bns = [layer for layer in efficientnet_models["point"].layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) > 50 and all(bn.momentum == 0.95 for bn in bns)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.Model):
+            yield from inner.layers
+
+
+def test_encoder_split_and_freezing():
+    model = build_model("cnn", SHAPE, TARGETS, crop=48, dropout=0.2, **TINY["cnn"])
+    encoder = encoder_layers(model)
+    assert encoder[0].name == "preprocess" and encoder[-1].name == "embedding"
+    head = {layer.name for layer in head_layers(model)}
+    assert head == {"head_dropout", *TARGETS, *(f"head_{t}" for t in TARGETS)}
+    set_encoder_trainable(model, False)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {f"head_{t}" for t in TARGETS}
+    set_encoder_trainable(model, True)
+    assert len(model.trainable_weights) > 2 * len(TARGETS)
+    features = embedding_model(model)(_images())
+    assert tuple(features.shape) == (2, 4 * 2)  # cnn: width * 2**(blocks-1)
+
+
+def test_mixed_precision_keeps_heads_and_preprocess_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("cnn", SHAPE, TARGETS, crop=48, **TINY["cnn"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("cnn_block0_conv0").compute_dtype == "float16"
+    assert model.get_layer("preprocess").compute_dtype == "float32"
+    outputs = model(_images(), training=False)
+    assert all(v.dtype == "float32" for v in outputs.values())
+    model.compile(optimizer="adam", loss=make_losses("gaussian", TARGETS), run_eagerly=True)
+    assert np.isfinite(model.train_on_batch(_images(), _targets()))
+
+
+# --- heads and losses -----------------------------------------------------------
+
+
+def test_gaussian_nll_matches_numpy():
+    y = np.array([[0.5], [-1.0], [2.0], [0.0]], dtype="float32")
+    pred = np.array([[0.0, 0.0], [-0.5, -2.0], [1.0, 1.5], [0.3, -4.0]], dtype="float32")
+    mean, log_var = pred[:, 0], pred[:, 1]
+    per_example = 0.5 * (log_var + (y[:, 0] - mean) ** 2 / np.exp(log_var) + np.log(2 * np.pi))
+    loss = GaussianNLL()
+    np.testing.assert_allclose(float(loss(y, pred)), per_example.mean(), rtol=1e-6)
+    np.testing.assert_allclose(loss.call(y, pred).numpy(), per_example, rtol=1e-6)
+    # y_true given as [B] is the same loss
+    np.testing.assert_allclose(float(loss(y[:, 0], pred)), per_example.mean(), rtol=1e-6)
+
+
+def test_gaussian_nll_is_finite_for_extreme_log_variances():
+    y = np.array([[1e3], [0.0], [-1e3], [5.0]], dtype="float32")
+    pred = np.array([[0.0, -1e4], [0.0, 1e4], [0.0, -80.0], [0.0, 80.0]], dtype="float32")
+    loss = GaussianNLL()
+    pred_tensor = tf.constant(pred)
+    with tf.GradientTape() as tape:
+        tape.watch(pred_tensor)
+        value = loss(y, pred_tensor)
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(tape.gradient(value, pred_tensor).numpy()))
+    # Clipped to the limit: the first example's log-variance acts as -LOG_VAR_LIMIT.
+    expected = 0.5 * (-LOG_VAR_LIMIT + 1e6 * np.exp(LOG_VAR_LIMIT) + np.log(2 * np.pi))
+    np.testing.assert_allclose(loss.call(y, pred).numpy()[0], expected, rtol=1e-5)
+
+
+def test_soft_clip_log_variance_is_bounded_and_smooth():
+    layer = SoftClipLogVariance()
+    raw = tf.constant([[1.0, 0.0], [2.0, 0.3], [3.0, 1e4], [4.0, -1e4]])
+    with tf.GradientTape() as tape:
+        tape.watch(raw)
+        out = layer(raw)
+    out_np = out.numpy()
+    np.testing.assert_array_equal(out_np[:, 0], [1.0, 2.0, 3.0, 4.0])  # means untouched
+    np.testing.assert_allclose(out_np[1, 1], LOG_VAR_LIMIT * np.tanh(0.3 / LOG_VAR_LIMIT), rtol=1e-6)
+    assert np.all(np.abs(out_np[:, 1]) <= LOG_VAR_LIMIT)
+    grad = tape.gradient(out[:, 1], raw).numpy()[:, 1]
+    np.testing.assert_allclose(grad[:2], [1.0, 1.0 - np.tanh(0.03) ** 2], rtol=1e-5)
+
+
+def test_point_losses_match_numpy():
+    y = np.array([[0.0], [1.0], [-2.0], [3.0]], dtype="float32")
+    pred = np.array([[0.5], [-1.0], [-2.2], [0.0]], dtype="float32")
+    err = pred - y
+    mse = make_losses("point", ["t"], point_loss="mse")["t"]
+    np.testing.assert_allclose(float(mse(y, pred)), np.mean(err**2), rtol=1e-6)
+    huber = make_losses("point", ["t"], point_loss="huber", huber_delta=1.0)["t"]
+    a = np.abs(err)
+    expected = np.where(a <= 1.0, 0.5 * a**2, a - 0.5).mean()
+    np.testing.assert_allclose(float(huber(y, pred)), expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="point_loss"):
+        make_losses("point", ["t"], point_loss="l1")
+    assert isinstance(make_losses("gaussian", ["a", "b"])["b"], GaussianNLL)
+
+
+def test_split_gaussian_numpy_and_tensor():
+    out = np.array([[1.0, 0.0], [-2.0, np.log(4.0)]], dtype="float32")
+    mean, std = split_gaussian(out)
+    np.testing.assert_allclose(mean, [1.0, -2.0])
+    np.testing.assert_allclose(std, [1.0, 2.0], rtol=1e-6)
+    mean_t, std_t = split_gaussian(tf.constant(out))
+    np.testing.assert_allclose(std_t.numpy(), [1.0, 2.0], rtol=1e-6)
+
+
+# --- layers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", transforms.NORMALIZATIONS)
+def test_image_preprocess_matches_transforms(method):
+    images = _images(3) * np.array([1.0, 100.0, 1e-3], dtype="float32")[:, None, None, None]
+    images[0, :5, :5, 0] = -0.3  # negative pixels exercise the odd asinh
+    layer = ImagePreprocess(method, 40)
+    expected = transforms.normalize_images(transforms.center_crop(tf.constant(images), 40), method)
+    got = layer(images)
+    assert tuple(got.shape) == (3, 40, 40, transforms.output_channels(method))
+    assert tuple(layer.compute_output_shape((None, 64, 64, 1))) == (None, 40, 40, got.shape[-1])
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-6, rtol=1e-5)
+
+
+def test_polar_unwrap_rotation_is_a_cyclic_shift():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(1, 48, 48, 2)).astype("float32")
+    layer = PolarUnwrap(steps=16, angles_per_step=3, radii=10)
+    seq = layer(image).numpy()
+    assert seq.shape == (1, 16, 10, 3, 2)
+    # np.rot90 turns the displayed image counter-clockwise by 90 degrees: what sat at
+    # angle theta now sits at theta + 90, so the sequence rolls forward by a quarter.
+    rotated = layer(np.rot90(image, k=1, axes=(1, 2)).copy()).numpy()
+    np.testing.assert_allclose(rotated, np.roll(seq, 16 // 4, axis=1), atol=1e-5)
+    rotated2 = layer(np.rot90(image, k=2, axes=(1, 2)).copy()).numpy()
+    np.testing.assert_allclose(rotated2, np.roll(seq, 16 // 2, axis=1), atol=1e-5)
+    # and it is not trivially shift-invariant: a random image's wedges differ
+    assert np.abs(seq - np.roll(seq, 1, axis=1)).max() > 0.1
+
+
+def test_polar_unwrap_turns_a_ring_into_a_constant_sequence_and_samples_bilinearly():
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 31.5, xx - 31.5)
+    ring = np.exp(-0.5 * ((r - 10.0) / 1.5) ** 2).astype("float32")[None, :, :, None]
+    seq = PolarUnwrap(steps=16, angles_per_step=4, radii=16)(ring).numpy()[0, :, :, :, 0]
+    profile = seq.mean(axis=(0, 2))
+    assert np.abs(seq - profile[None, :, None]).max() < 0.05  # same radial profile at every angle
+    radii = (np.arange(16) + 0.5) * 31.5 / 16
+    assert abs(radii[np.argmax(profile)] - 10.0) < 31.5 / 16
+    # a linear ramp is reproduced exactly by bilinear sampling
+    ramp = (2.0 * yy + 0.5 * xx).astype("float32")[None, :, :, None]
+    layer = PolarUnwrap(steps=4, angles_per_step=2, radii=3, max_radius=12.0)
+    got = layer(ramp).numpy()[0, :, :, :, 0]
+    step, ring_i, within = np.meshgrid(np.arange(4), np.arange(3), np.arange(2), indexing="ij")
+    theta = 2 * np.pi * (step * 2 + within) / 8
+    rad = (ring_i + 0.5) * 12.0 / 3
+    rows, cols = 31.5 - rad * np.sin(theta), 31.5 + rad * np.cos(theta)
+    np.testing.assert_allclose(got, 2.0 * rows + 0.5 * cols, atol=1e-4)
+
+
+def test_patch_sequence_is_raster_order():
+    image = np.arange(2 * 10 * 10 * 1, dtype="float32").reshape(2, 10, 10, 1)
+    seq = PatchSequence(4)(image).numpy()
+    assert seq.shape == (2, 4, 4, 4, 1)
+    # central 8x8 region (offset 1): patch k = (row k // 2, col k % 2)
+    for k in range(4):
+        r, c = 1 + 4 * (k // 2), 1 + 4 * (k % 2)
+        np.testing.assert_array_equal(seq[:, k], image[:, r : r + 4, c : c + 4])
+
+
+def test_folded_time_distributed_matches_per_frame_calls():
+    inner = keras.Sequential([keras.Input((6, 4, 2)), keras.layers.Conv2D(3, 3), keras.layers.Flatten()])
+    layer = FoldedTimeDistributed(inner)
+    frames = np.random.default_rng(0).normal(size=(2, 5, 6, 4, 2)).astype("float32")
+    got = layer(frames).numpy()
+    assert got.shape == (2, 5, 4 * 2 * 3)
+    for t in range(5):
+        np.testing.assert_allclose(got[:, t], inner(frames[:, t]).numpy(), atol=1e-5)
+
+
+def test_tiny_model_overfits_tiny_set():
+    # 16 images whose target is the (log) brightness of a blob: learnable from pixels.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    widths = rng.uniform(2.0, 8.0, size=16)
+    images = np.stack([np.exp(-0.5 * (np.hypot(yy - 32, xx - 32) / w) ** 2) for w in widths])
+    images = images[..., None].astype("float32")
+    y = ((widths - widths.mean()) / widths.std()).astype("float32")[:, None]
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", SHAPE, ["w"], head="point", crop=48, width=8, blocks=3)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=make_losses("point", ["w"], "mse"), jit_compile=False
+    )
+    first = model.evaluate(images, {"w": y}, verbose=0)
+    model.fit(images, {"w": y}, epochs=60, batch_size=16, verbose=0)
+    # inference mode after training (BatchNorm moving statistics, momentum 0.95)
+    last = model.evaluate(images, {"w": y}, verbose=0)
+    assert last < first / 10, (first, last)
