@@ -14,6 +14,7 @@ Outputs are compared in inference mode (`training=False`); dict outputs key by k
 
 from __future__ import annotations
 
+import copy
 import json
 
 import keras
@@ -66,7 +67,8 @@ def assert_keras_roundtrip(model: keras.Model, inputs, tmp_path, atol: float = 1
 def assert_config_roundtrip(model: keras.Model, inputs, atol: float = 1e-6) -> keras.Model:
     """Rebuild `model` from its config, copy the weights, check config and outputs match."""
     config = model.get_config()
-    rebuilt = model.__class__.from_config(config)
+    # from_config consumes parts of the dict it is given (Keras 3): pass a copy.
+    rebuilt = model.__class__.from_config(copy.deepcopy(config))
     assert json.dumps(rebuilt.get_config(), sort_keys=True, default=str) == json.dumps(
         config, sort_keys=True, default=str
     )
@@ -78,7 +80,7 @@ def assert_config_roundtrip(model: keras.Model, inputs, atol: float = 1e-6) -> k
 def assert_layer_config_roundtrip(layer: keras.layers.Layer) -> keras.layers.Layer:
     """`type(layer).from_config(layer.get_config())` has the same config; returns it."""
     config = layer.get_config()
-    clone = layer.__class__.from_config(config)
+    clone = layer.__class__.from_config(copy.deepcopy(config))
     assert json.dumps(clone.get_config(), sort_keys=True, default=str) == json.dumps(
         config, sort_keys=True, default=str
     )

@@ -46,7 +46,7 @@ def random_weight_model(model, *, config: dict | None = None, targets=None, seed
         from deeplense_tf.models import build_model
 
         try:
-            return build_model(
+            rebuilt = build_model(
                 section["name"],
                 tuple(model.inputs[0].shape[1:]),
                 list(targets),
@@ -60,4 +60,14 @@ def random_weight_model(model, *, config: dict | None = None, targets=None, seed
                 f"cannot rebuild model {section.get('name')!r} from the run config for the "
                 f"random-weight baseline: {err}"
             ) from err
+        if _weight_shapes(rebuilt) != _weight_shapes(model):
+            raise ConfigError(
+                f"the run config's model {section['name']!r} rebuilds with other weight shapes "
+                "than model.keras; the random-weight baseline would not be the same architecture"
+            )
+        return rebuilt
     return keras.models.clone_model(model)
+
+
+def _weight_shapes(model) -> list[tuple]:
+    return [tuple(w.shape) for w in model.weights]

@@ -118,10 +118,12 @@ def _cluster(
         details = {} if bic is None else {"bic": {int(k): float(bic)}}
         return ClusterResult(labels, method, int(k), "given", details)
 
+    # Candidate k up to max_k, and no more than N/2 (clusters of two examples on average).
+    max_k = max(2, min(int(max_k), n // 2))
     if method == "gmm":
         bics = {}
         best = None
-        for c in range(1, min(max_k, n) + 1):
+        for c in range(1, max_k + 1):
             labels, bic = _fit(method, x, c, seed, covariance_type)
             bics[c] = float(bic)
             if best is None or bic < bics[best[0]]:

@@ -28,6 +28,7 @@ from deeplense_tf.clustering.embedding import (
     DEFAULT_LAYER,
     Embeddings,
     check_images,
+    embedding_model,
     extract_features,
     save_embeddings,
 )
@@ -156,6 +157,7 @@ def cluster_model(
     seed: int = 0,
     montage_per_cluster: int = 8,
     run: str = "",
+    trained_targets=(),
     progress: bool = True,
 ) -> dict:
     """Extract, cluster, score and report the features of `model` at `layer` on `examples`.
@@ -163,18 +165,22 @@ def cluster_model(
     `examples` has `images` `[N, H, W, 1]`, `class_id`, `targets`, `nuisance`,
     `class_names`, `source` (see `deeplense_tf.data.load_examples`). `random_model` is the
     random-weight baseline (default: `baselines.random_weight_model(model, seed=seed)`).
+    `trained_targets` names the targets the model was trained on (marked in the report).
     Writes to `out_dir`: `embeddings.npz`, `assignments.csv`, `scores.csv`,
     `clusters.csv`, `report.md`, `summary.json`, `plots/*.png`. Returns the summary dict
     (scores per feature set, the chosen k, `files`: every path written).
     """
     source = str(getattr(examples, "source", "data"))
-    images = check_images(model, examples.images, source)
+    images = validate(model, examples, layer=layer, pooling=pooling, method=method, k=k,
+                      reduce=reduce, cluster_space=cluster_space)
     n = len(images)
-    check_options(method, k, reduce, cluster_space, n)
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     t0 = time.perf_counter()
     layer_name = layer or DEFAULT_LAYER
     variables = hidden_variables(examples)
+    for var in variables:
+        if var.group == "target" and var.name in set(trained_targets):
+            var.group = "trained target"
     if not any(v.kind == "categorical" and v.group == "class" for v in variables):
         _log(f"{source}: no substructure-class variation in these {n} examples; "
              "ARI/NMI against the class are not computed", progress)
@@ -266,6 +272,8 @@ def cluster_model(
 
 def _load_data(data, split: str, limit: int | None):
     if hasattr(data, "images"):
+        if limit is not None and hasattr(data, "subset"):
+            return data.subset(slice(0, int(limit)))
         if limit is not None:
             from dataclasses import replace
 
@@ -281,6 +289,17 @@ def _load_data(data, split: str, limit: int | None):
     from deeplense_tf.data import load_examples
 
     return load_examples(str(data), split=split, limit=limit)
+
+
+def validate(model, examples, *, layer=None, pooling="mean", method="kmeans", k=None,
+             reduce="tsne", cluster_space="pca", **_ignored) -> np.ndarray:
+    """Every check that needs no heavy work (image shape, layer, options), so bad input
+    fails in seconds. Returns the images as float32 `[N, H, W, C]`."""
+    source = str(getattr(examples, "source", "data"))
+    images = check_images(model, examples.images, source)
+    check_options(method, k, reduce, cluster_space, len(images))
+    embedding_model(model, layer or DEFAULT_LAYER, pooling)
+    return images
 
 
 def cluster_run(run_dir, data, out_dir, **options) -> dict:
@@ -303,7 +322,9 @@ def cluster_run(run_dir, data, out_dir, **options) -> dict:
     examples = _load_data(data, split, limit)
     if len(examples.images) == 0:
         raise DataError(f"{data}: no examples in split {split!r}")
+    validate(run.model, examples, **options)  # fail fast, before building the baseline
     if options.get("baselines", True) and options.get("random_model") is None:
         options["random_model"] = baselines_mod.random_weight_model(
             run.model, config=run.config, targets=run.targets, seed=options.get("seed", 0))
-    return cluster_model(run.model, examples, out_dir, run=str(run_dir), **options)
+    return cluster_model(run.model, examples, out_dir, run=str(run_dir),
+                         trained_targets=run.targets, **options)

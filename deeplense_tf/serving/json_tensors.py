@@ -202,6 +202,7 @@ _FAST_BODY = re.compile(
     rb'"(?P<key>instances|inputs)"\s*:\s*(?P<value>\[[-0-9eE.+,\s\[\]NaInfity]*\])\s*'
     rb'(?:,\s*"signature_name"\s*:\s*"(?P<sig2>[A-Za-z0-9_./-]*)"\s*)?\}\s*')
 _WHITESPACE = b" \t\r\n"
+_MAX_FAST_RANK = 16
 _NUMBER_CHARS = b"0123456789eE.+-NaInfity"
 _SEPARATORS_TO_SPACE = bytes.maketrans(b"[],", b"   ")
 
@@ -222,7 +223,7 @@ def _structure_of(shape: tuple[int, ...]) -> bytes:
 def _regular_shape(structure: bytes) -> tuple[int, ...] | None:
     """The shape of a nested list from its brackets and commas, None unless it is regular."""
     depth = len(structure) - len(structure.lstrip(b"["))
-    if depth == 0:
+    if not 0 < depth <= _MAX_FAST_RANK:  # the level scan below is quadratic in depth
         return None
     dims = []
     for level in range(1, depth + 1):

@@ -65,7 +65,8 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20  # 32 MiB: ~400 64x64 images as JSON
 _MAX_SCHEDULERS = 32  # per version; distinct input shapes beyond this run unbatched
-_DRAIN_LIMIT = 64 * 2**20  # an oversized body is read (and dropped) up to this, then cut off
+_DRAIN_LIMIT = 64 * 2**20
+_TF_PARSE_MIN_BYTES = 16 * 1024  # bodies' numbers from this size on are parsed by TF ops  # an oversized body is read (and dropped) up to this, then cut off
 
 # TF Serving's URL grammar (http_rest_api_util.cc), case-insensitive like its RE2 patterns.
 _PREDICT_RE = re.compile(
@@ -649,7 +650,14 @@ def _tf_number_parser():
     def parse(text):
         return tf.strings.to_number(tf.strings.split(text), tf.float64)
 
-    return lambda text: parse(tf.constant(text)).numpy()
+    parse(tf.constant(b"0"))  # trace now, not on the first request
+
+    def parse_numbers(text: bytes) -> np.ndarray:
+        if len(text) < _TF_PARSE_MIN_BYTES:  # a TF call costs more than numpy on small bodies
+            return np.array(text.split(), dtype=np.bytes_).astype(np.float64)
+        return parse(tf.constant(text)).numpy()
+
+    return parse_numbers
 
 
 class RestApi:

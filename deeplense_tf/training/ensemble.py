@@ -12,13 +12,28 @@ re-standardised with the first member's target statistics, so the result is an
 ordinary Gaussian-head run: `Run.load`, `evaluate`, `export` and `cluster` treat it
 like any other. An ensemble has no single `embedding` layer: cluster one of its
 members' runs instead.
+
+    from deeplense_tf.training.ensemble import ensemble_runs
+    run = ensemble_runs(["runs/seed0", "runs/seed1", "runs/vit"], "runs/ensemble")
+    run.predict(images)            # {target: {"mean", "std"}}, physical units
+
+The ensemble's run folder holds what any run folder holds (`model.keras`,
+`config.yaml`, `target_stats.json`, `data_manifest.json`, `run.json`); its config is
+the first member's with `model: {name: ensemble, head: gaussian, members: [...]}`
+(a record of where it came from, not a config `deeplense train` can repeat).
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
+from pathlib import Path
+
 import keras
 from keras import ops
 
+from deeplense_tf import __version__
 from deeplense_tf.errors import RunError
 
 _MIN_VARIANCE = 1e-12
@@ -118,3 +133,120 @@ def build_ensemble_model(members, targets, output_stats) -> keras.Model:
             name=name,
         )(per_target[name])
     return keras.Model(inputs=image, outputs=outputs, name="ensemble")
+
+
+# Files an ensemble run folder is made of (what --overwrite replaces).
+_ENSEMBLE_OUTPUTS = ("model.keras", "config.yaml", "target_stats.json", "data_manifest.json",
+                     "run.json", "metrics.json", "history.csv", "plots", "logs", "backup")
+
+
+def check_members(runs) -> list[str]:
+    """The targets of an ensemble of `runs` (loaded `Run`s), in the first run's order.
+
+    Raises RunError naming the run and what differs from the first one: targets, input
+    shape, or the data set's preset (members must predict the same quantities from the
+    same kind of image).
+    """
+    if len(runs) < 2:
+        raise RunError(f"an ensemble needs at least two runs, got {len(runs)}")
+    first = runs[0]
+    seen = {}
+    for run in runs:
+        key = str(Path(run.path).resolve()) if run.path is not None else id(run)
+        if key in seen:
+            raise RunError(f"{run.path}: given twice; an ensemble's members must differ")
+        seen[key] = run
+    first_preset = (first.manifest or {}).get("preset")
+    for run in runs[1:]:
+        if sorted(run.targets) != sorted(first.targets):
+            raise RunError(
+                f"runs of different targets: {run.path} predicts {', '.join(run.targets)}, "
+                f"{first.path} predicts {', '.join(first.targets)}"
+            )
+        if tuple(run.input_shape) != tuple(first.input_shape):
+            raise RunError(
+                f"runs of different input shapes: {run.path} takes images of "
+                f"{list(run.input_shape)}, {first.path} takes {list(first.input_shape)}"
+            )
+        preset = (run.manifest or {}).get("preset")
+        if first_preset and preset and preset != first_preset:
+            raise RunError(
+                f"runs trained on different data: {run.path} on preset {preset!r}, "
+                f"{first.path} on {first_preset!r}"
+            )
+    return list(first.targets)
+
+
+def ensemble_runs(run_dirs, out_dir, *, overwrite: bool = False):
+    """Combine finished runs into one ensemble run folder; returns it as a loaded `Run`.
+
+    Args:
+        run_dirs: two or more run folders predicting the same targets from images of
+            the same shape (any architectures, either head; a point-head member adds
+            no aleatoric variance, only its disagreement with the others).
+        out_dir: the ensemble's run folder (created). It must not hold a run unless
+            `overwrite`, and must not be one of the members.
+        overwrite: replace a run already in `out_dir`.
+
+    Returns:
+        `Run.load(out_dir)`: Gaussian head, standardised with the first member's target
+        statistics, `run.info["members"]` listing the members' folders.
+    """
+    from deeplense_tf.training import run as run_files
+    from deeplense_tf.training.config import save_config, write_text_atomic
+    from deeplense_tf.training.run import Run
+    from deeplense_tf.training.trainer import save_model_atomic
+
+    paths = [Path(p).expanduser().resolve() for p in run_dirs]
+    out = Path(out_dir).expanduser().resolve()
+    if out in paths:
+        raise RunError(f"--out {out_dir}: is one of the ensemble's runs; choose a new folder")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out_dir}: exists and is not a folder")
+    if (out / run_files.RUN_FILE).exists() and not overwrite:
+        raise RunError(
+            f"--out {out_dir}: holds a run; pass --overwrite to replace it, or choose another folder"
+        )
+    runs = [Run.load(p) for p in paths]
+    targets = check_members(runs)
+    output_stats = {t: dict(runs[0].target_stats[t]) for t in targets}
+    model = build_ensemble_model([(r.model, r.target_stats) for r in runs], targets, output_stats)
+
+    if overwrite:
+        for name in _ENSEMBLE_OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    members = [str(p) for p in paths]
+    config = copy.deepcopy(runs[0].config)
+    config["model"] = {
+        "name": "ensemble",
+        "head": "gaussian",
+        "members": members,
+        "member_models": [str(r.info.get("model") or r.model.name) for r in runs],
+        "member_heads": [r.head for r in runs],
+    }
+    config.setdefault("data", {})["targets"] = targets
+    save_model_atomic(model, out / run_files.MODEL_FILE)
+    save_config(config, out / run_files.CONFIG_FILE)
+
+    def write_json(name, value):
+        write_text_atomic(out / name, json.dumps(value, indent=2) + "\n")
+
+    write_json(run_files.TARGET_STATS_FILE, output_stats)
+    if runs[0].manifest is not None:
+        write_json(run_files.MANIFEST_FILE, runs[0].manifest)
+    write_json(run_files.RUN_FILE, {  # last: marks the folder complete
+        "format_version": run_files.FORMAT_VERSION,
+        "deeplense_tf": __version__,
+        "model": "ensemble",
+        "head": "gaussian",
+        "targets": targets,
+        "input_shape": [int(d) for d in runs[0].input_shape],
+        "complete": True,
+        "members": members,
+    })
+    return Run.load(out)
