@@ -1,18 +1,21 @@
 """Latency and throughput of `deeplense serve` over REST and gRPC, with and without batching.
 
-    .venv/bin/python benchmarks/bench_serving.py                      # builds a small export
+    .venv/bin/python benchmarks/bench_serving.py                      # same model as bench_latency.py
     .venv/bin/python benchmarks/bench_serving.py --model-base-path export/deeplense --out serving.md
 
-Starts `deeplense serve` as a subprocess on free 127.0.0.1 ports, once without and once
-with `--enable-batching`, and drives it from this process with `RestClient` and
-`GrpcClient` (closed loop: each of C threads sends its next request when the last is
-answered; one 64x64 image per request). Client and server share the machine's cores,
-so the numbers are a floor, not what a dedicated serving host would do.
+Two tables from one run:
 
-Without --model-base-path the model is the quickstart architecture (ResNet-18, width
-16, crop 48, Gaussian head, random weights) exported with `deeplense_tf.export`'s
-SavedModel writer, so the graph is the one users serve. `run_serving_benchmark` is
-importable so other benchmarks can put these rows next to theirs in one run.
+1. Single-client latency, next to the export benchmark's rows (`benchmarks/bench_latency.py`:
+   Keras, the SavedModel in process, TFLite fp32), at batch 1 and 64: the same model, the
+   same images, the same timing function, plus REST and gRPC against the local server
+   with and without batching.
+2. Concurrency: `deeplense serve` started as a subprocess on free 127.0.0.1 ports, once
+   without and once with `--enable-batching`, driven by `RestClient` / `GrpcClient` from
+   C = 1, 8, 32 threads (closed loop, one 64x64 image per request): p50 / p99 latency,
+   throughput, and the server's CPU time per request.
+
+Client and server share the machine's cores, so throughput is a floor; the server's CPU
+per request does not depend on what else runs. `run_serving_benchmark` is importable.
 """
 
 from __future__ import annotations
@@ -25,41 +28,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from deeplense_tf.serving.loadtest import markdown_table, run_load  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 COLUMNS = ["protocol", "batching", "concurrency", "requests", "errors", "p50_ms", "p99_ms",
-           "throughput_rps"]
+           "throughput_rps", "server_cpu_ms"]
 DEFAULT_BATCHING = ["--enable-batching", "--max-batch-size", "32", "--batch-timeout-micros", "2000",
                     "--num-batch-threads", "2"]
 
 
-def build_benchmark_export(out_dir: Path, image_size: int = 64) -> Path:
-    """A quickstart-sized ResNet exported as `out_dir/deeplense/1`; returns the base path."""
-    import keras
+def build_benchmark_export(out_dir: Path):
+    """The bench_latency.py model exported as `out_dir/deeplense/1`.
+
+    Returns (base path, Keras model, ExportSpec, images [64, H, W, 1], description).
+    """
+    import bench_latency
 
     from deeplense_tf.export.savedmodel import write_saved_model
-    from deeplense_tf.export.spec import ExportSpec
-    from deeplense_tf.models import build_model
 
-    keras.utils.set_random_seed(0)
-    targets = ["log10_m_axion"]
-    model = build_model("resnet", (image_size, image_size, 1), targets, head="gaussian",
-                        crop=48, depth=18, width=16)
-    spec = ExportSpec(model_name="resnet", targets=tuple(targets), head="gaussian",
-                      input_shape=(image_size, image_size, 1),
-                      target_stats={t: {"mean": 0.0, "std": 1.0} for t in targets})
+    # bench_latency's own definition of "the benchmark model" (untrained default ResNet,
+    # 64x64, crop 48), so both benchmarks time the same graph.
+    model, spec, _calibration, images, what = bench_latency._model_and_images(
+        Namespace(run=None, model="resnet", image_size=64, crop=48))
     base = out_dir / "deeplense"
-    warmup = np.random.default_rng(0).normal(size=(1, image_size, image_size, 1)).astype(np.float32)
-    write_saved_model(model, spec, base / "1", model_name="deeplense", warmup_images=warmup)
-    return base
+    write_saved_model(model, spec, base / "1", model_name="deeplense", warmup_images=images[:1])
+    return base, model, spec, images, what
 
 
 class ServeProcess:
@@ -100,55 +102,88 @@ class ServeProcess:
                 self.proc.wait()
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _cells(protocol: str, call, batching: bool, requests_per_level: dict[int, int],
-           max_seconds: float) -> list[dict]:
+           max_seconds: float, server_pid: int) -> list[dict]:
     rows = []
     for concurrency in CONCURRENCY:
+        cpu_at_start = []
         result = run_load(call, concurrency=concurrency, num_requests=requests_per_level[concurrency],
-                          max_seconds=max_seconds)
+                          max_seconds=max_seconds,
+                          on_start=lambda seen=cpu_at_start: seen.append(process_cpu_seconds(server_pid)))
+        cpu_end = process_cpu_seconds(server_pid)
         row = {"protocol": protocol, "batching": "on" if batching else "off", **result.summary()}
+        if cpu_end is not None and cpu_at_start[0] is not None and result.requests:
+            # CPU the server spent per answer: unlike wall-clock numbers, it does not
+            # depend on what else the machine is running.
+            row["server_cpu_ms"] = round((cpu_end - cpu_at_start[0]) / result.requests * 1e3, 2)
         if result.error_samples:
             row["first_error"] = result.error_samples[0][:200]
         rows.append(row)
         print(f"  {protocol:4s} batching {row['batching']:3s} c={concurrency:2d}: "
               f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-              f"{row['throughput_rps']:7.1f} req/s  errors {row['errors']}", flush=True)
+              f"{row['throughput_rps']:7.1f} req/s  server CPU {row.get('server_cpu_ms', '?')} ms/req"
+              f"  errors {row['errors']}", flush=True)
     return rows
 
 
-def run_serving_benchmark(base_path: Path, *, requests: int = 200, max_seconds: float = 15.0,
-                          batching_args: list[str] | None = None, image_size: int | None = None
-                          ) -> tuple[list[dict], list[str]]:
-    """All rows (REST and gRPC, batching off and on, each concurrency) and the serve commands."""
+def run_serving_benchmark(base_path: Path, *, requests: int = 100, max_seconds: float = 8.0,
+                          batching_args: list[str] | None = None, latency_rows: dict | None = None,
+                          images: np.ndarray | None = None, latency_seconds: float = 1.0
+                          ) -> tuple[list[dict], list[dict], list[str]]:
+    """(concurrency rows, single-client latency results, serve commands).
+
+    `latency_rows` are bench_latency-style `predict(images)` functions timed next to the
+    REST and gRPC rows (the in-process rows of the same model); `images` [N, H, W, 1].
+    """
+    import bench_latency
+
     from deeplense_tf.serving.grpc_client import GrpcClient
     from deeplense_tf.serving.rest_client import RestClient
 
     rows, commands = [], []
+    latency_rows = dict(latency_rows or {})
     per_level = {c: max(requests, 12 * c) for c in CONCURRENCY}
-    for batching in (False, True):
-        server = ServeProcess(base_path, (batching_args or DEFAULT_BATCHING) if batching else [])
-        commands.append(server.command)
-        try:
-            rest = RestClient(server.rest_url, "deeplense", timeout=60, retries=0)
-            size = image_size or rest.metadata()["signatures"]["serving_default"]["inputs"][
-                "image"]["shape"][1]
-            image = np.random.default_rng(1).normal(size=(1, size, size, 1)).astype(np.float32)
+    servers = []
+    try:
+        for batching in (False, True):
+            server = ServeProcess(base_path, (batching_args or DEFAULT_BATCHING) if batching else [])
+            servers.append(server)
+            commands.append(server.command)
+            rest = RestClient(server.rest_url, "deeplense", timeout=120, retries=0)
+            grpc_client = GrpcClient(server.grpc_target, "deeplense", timeout=120, retries=0)
+            size = rest.metadata()["signatures"]["serving_default"]["inputs"]["image"]["shape"][1]
+            if images is None:
+                images = np.random.default_rng(1).gamma(0.5, 1.0, size=(64, size, size, 1)).astype(np.float32)
+            image = images[:1]
             # One encoded body, sent again and again: measures the server, not json.dumps.
             body = rest.encode_predict(image)
-            rows += _cells("REST", lambda: rest.predict_encoded(body), batching, per_level,
-                           max_seconds)
-            grpc_client = GrpcClient(server.grpc_target, "deeplense", timeout=60, retries=0)
+            rows += _cells("REST", lambda rest=rest, body=body: rest.predict_encoded(body),
+                           batching, per_level, max_seconds, server.proc.pid)
             request = grpc_client.make_request(image)
-            rows += _cells("gRPC", lambda: grpc_client.predict_request(request), batching,
-                           per_level, max_seconds)
-            grpc_client.close()
-        finally:
+            rows += _cells("gRPC", lambda g=grpc_client, r=request: g.predict_request(r),
+                           batching, per_level, max_seconds, server.proc.pid)
+            suffix = ", batching" if batching else ""
+            latency_rows[f"REST, local server{suffix}"] = lambda x, c=rest: c.predict(x)
+            latency_rows[f"gRPC, local server{suffix}"] = lambda x, c=grpc_client: c.predict(x)
+        print("single-client latency (batch 1 and 64):", flush=True)
+        latency = bench_latency.benchmark(latency_rows, images, seconds=latency_seconds)
+    finally:
+        for server in servers:
             server.stop()
-    return rows, commands
+    return rows, latency, commands
 
 
 def speedups(rows: list[dict]) -> list[str]:
-    """'REST c=32: batching x2.4 throughput' lines."""
+    """'REST c=32: batching changes throughput x2.40, server CPU per request /2.10' lines."""
     lines = []
     for protocol in ("REST", "gRPC"):
         for concurrency in CONCURRENCY:
@@ -156,42 +191,70 @@ def speedups(rows: list[dict]) -> list[str]:
                     if r["protocol"] == protocol and r["concurrency"] == concurrency}
             if {"on", "off"} <= set(pair) and pair["off"]["throughput_rps"]:
                 ratio = pair["on"]["throughput_rps"] / pair["off"]["throughput_rps"]
-                lines.append(f"{protocol} c={concurrency}: batching changes throughput x{ratio:.2f}")
+                line = f"{protocol} c={concurrency}: batching changes throughput x{ratio:.2f}"
+                if pair["on"].get("server_cpu_ms") and pair["off"].get("server_cpu_ms"):
+                    cpu = pair["off"]["server_cpu_ms"] / pair["on"]["server_cpu_ms"]
+                    line += f", server CPU per request /{cpu:.2f}"
+                lines.append(line)
     return lines
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base-path", type=Path,
-                        help="DIR/<name> with version folders (default: build a quickstart-sized export)")
-    parser.add_argument("--requests", type=int, default=200,
-                        help="requests per cell (at least 12 x concurrency)")
-    parser.add_argument("--max-seconds", type=float, default=15.0, help="cap per cell")
-    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+                        help="DIR/<name> with version folders (default: export bench_latency's model)")
+    parser.add_argument("--requests", type=int, default=100,
+                        help="requests per concurrency cell (at least 12 x concurrency)")
+    parser.add_argument("--max-seconds", type=float, default=8.0, help="time cap per cell")
+    parser.add_argument("--latency-seconds", type=float, default=1.0,
+                        help="time per single-client latency row and batch size")
+    parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import bench_latency
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        base = args.model_base_path
-        if base is None:
-            print("building the benchmark export (ResNet-18 width 16, random weights) ...", flush=True)
-            base = build_benchmark_export(Path(tmp))
-        rows, commands = run_serving_benchmark(base, requests=args.requests,
-                                               max_seconds=args.max_seconds)
-    table = markdown_table(rows, COLUMNS)
+        latency_rows, images = {}, None
+        if args.model_base_path is None:
+            print("exporting the benchmark model (bench_latency.py's untrained ResNet) ...", flush=True)
+            base, model, spec, images, what = build_benchmark_export(Path(tmp))
+            # The export benchmark's in-process rows (TFLite fp32 only, to stay within minutes).
+            latency_rows = bench_latency.default_rows(model, spec, Path(tmp) / "latency",
+                                                      variants="fp32", threads=(2,),
+                                                      calibration_images=images,
+                                                      saved_model_dir=base / "1")
+        else:
+            base, what = args.model_base_path, f"export {args.model_base_path}"
+            latency_rows = {"SavedModel serving_default":
+                            bench_latency.saved_model_row(_latest_version(base))}
+        rows, latency, commands = run_serving_benchmark(
+            base, requests=args.requests, max_seconds=args.max_seconds, latency_rows=latency_rows,
+            images=images, latency_seconds=args.latency_seconds)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    command = "`.venv/bin/python benchmarks/bench_serving.py" + (
+        f" --model-base-path {args.model_base_path}" if args.model_base_path else "") + "`"
     lines = [
-        "## Serving: `deeplense serve` over REST and gRPC",
+        "## Serving: local server over REST and gRPC, next to in-process prediction",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        "client threads and server share the CPUs. One 64x64 image per request, closed loop.",
-        "",
-        "Command: `.venv/bin/python benchmarks/bench_serving.py" +
-        (f" --model-base-path {args.model_base_path}" if args.model_base_path else "") + "`",
+        f"Model: {what}. Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"load average {load_before:.1f} before / {load_after:.1f} after (other jobs share the "
+        "CPUs); client and server on the same machine. Command: " + command + ".",
         "",
         "Servers:",
         *[f"- `{c}`" for c in commands],
         "",
-        table,
+        "Single client, one request at a time (bench_latency.py's `measure`: median of >= 5 "
+        "calls after 3 warm-up calls; REST and gRPC include encoding and decoding):",
+        "",
+        bench_latency.format_table(latency),
+        "",
+        "Concurrent clients (closed loop, one 64x64 image per request; server_cpu_ms = the "
+        "server process's CPU time per answered request):",
+        "",
+        markdown_table(rows, COLUMNS),
         "",
         *[f"- {line}" for line in speedups(rows)],
         "",
@@ -203,6 +266,13 @@ def main(argv=None) -> int:
         args.out.write_text(text + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _latest_version(base: Path) -> Path:
+    versions = sorted(int(p.name) for p in Path(base).iterdir() if p.name.isdigit())
+    if not versions:
+        raise SystemExit(f"{base}: no version folders")
+    return Path(base) / str(versions[-1])
 
 
 if __name__ == "__main__":

@@ -55,11 +55,23 @@ def _note(message: str) -> None:
 
 
 class _Steps:
-    """Times each step and remembers whether it ran or reused earlier work."""
+    """Times each step and remembers whether it ran or reused earlier work.
 
-    def __init__(self, total: int):
+    `work_seconds` of a step is the time it took when it actually ran: for a reused step,
+    the time recorded by the earlier quickstart that did it (None when unknown), so the
+    report of a resumed quickstart still states what the whole pipeline costs.
+    """
+
+    def __init__(self, total: int, previous_summary: Path | None = None):
         self.total = total
         self.rows: list[dict] = []
+        self.previous: dict[str, float | None] = {}
+        if previous_summary is not None and previous_summary.is_file():
+            try:
+                rows = json.loads(previous_summary.read_text()).get("steps", [])
+                self.previous = {r["step"]: r for r in rows}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.previous = {}  # a damaged summary only costs the earlier timings
 
     def start(self, name: str, what: str) -> float:
         _note(f"[{len(self.rows) + 1}/{self.total}] {name}: {what}")
@@ -67,7 +79,13 @@ class _Steps:
 
     def done(self, name: str, started: float, status: str, detail: str = "") -> None:
         seconds = time.perf_counter() - started
-        self.rows.append({"step": name, "status": status, "seconds": round(seconds, 1), "detail": detail})
+        if status == "reused":
+            earlier = self.previous.get(name) or {}
+            work, load = earlier.get("work_seconds"), earlier.get("load")
+        else:
+            work, load = round(seconds, 1), _load_average()
+        self.rows.append({"step": name, "status": status, "seconds": round(seconds, 1),
+                          "work_seconds": work, "load": load, "detail": detail})
         _note(f"      {status} in {seconds:.1f} s{': ' + detail if detail else ''}")
 
 
@@ -211,6 +229,49 @@ def _mae_sentence(target: str, mae) -> str:
     return f"- **`{target}`: test MAE {mae:.4g}**."
 
 
+def _time_sentence(steps: list[dict], wall_seconds: float) -> str:
+    work = [r.get("work_seconds") for r in steps]
+    reused = any(r["status"] == "reused" for r in steps)
+    if not reused:
+        text = f"Total wall time: {wall_seconds / 60:.1f} min"
+    elif None in work:
+        text = (f"This invocation took {wall_seconds / 60:.1f} min, reusing steps done earlier "
+                f"(their times are unknown)")
+    else:
+        text = (f"Total time of the steps when they ran: {sum(work) / 60:.1f} min (this "
+                f"invocation, reusing finished steps: {wall_seconds / 60:.1f} min)")
+    return f"{text}; the quickstart aims at under 10 min on a laptop CPU{_load_note(steps)}."
+
+
+def _epochs_trained(run_dir: Path) -> str:
+    """' (N epochs trained)' from the run's history.csv, or '' when unknown."""
+    try:
+        rows = (run_dir / "history.csv").read_text().strip().splitlines()
+    except OSError:
+        return ""
+    epochs = len(rows) - 1
+    return f" ({epochs} epoch{'s' if epochs != 1 else ''} trained)" if epochs > 0 else ""
+
+
+def _load_average() -> float | None:
+    """The 5-minute load average (runnable processes), None where the platform has none."""
+    try:
+        return round(os.getloadavg()[1], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_note(steps: list[dict]) -> str:
+    """A warning when other work shared the CPU while the steps ran (their times mean less then)."""
+    loads = [r["load"] for r in steps if r.get("load") is not None and (r.get("work_seconds") or 0) > 30]
+    cores = os.cpu_count() or 1
+    if not loads or max(loads) <= 1.5 * cores:
+        return ""
+    return (f"; other processes shared the CPU (load average up to {max(loads):.1f} on {cores} "
+            f"cores at the end of the long steps), so every step, and the epochs the time "
+            f"budget allowed, took longer or did less than on an idle machine")
+
+
 def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, steps: list[dict],
                  export_summary, export_status: str, cluster_summary, cluster_status: str,
                  smoke: bool, wall_seconds: float) -> Path:
@@ -221,19 +282,21 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
     splits = manifest.get("splits", {})
     counts = ", ".join(f"{s} {info.get('count')}" for s, info in splits.items())
     model = config.get("model", {})
-    lines = [
-        "# DeepLense quickstart report",
-        "",
-        ("> **Smoke run**: every step shrunk to seconds to check that the pipeline works; "
-         "the numbers below mean nothing.\n" if smoke else ""),
+    lines = ["# DeepLense quickstart report", ""]
+    if smoke:
+        lines += ["> **Smoke run**: every step shrunk to seconds to check that the pipeline "
+                  "works; the numbers below mean nothing.", ""]
+    lines += [
         f"Simulated `{manifest.get('preset')}` axion images ({counts}; "
         f"{' x '.join(str(d) for d in manifest.get('image_shape', []))} pixels in "
         f"{manifest.get('image_units', 'instrument units')}), trained a `{model.get('name')}` model "
         f"with a `{model.get('head')}` head (normalisation `{model.get('normalization')}`, crop "
         f"{model.get('crop')}, augmentation `{config.get('data', {}).get('augment')}`) for "
         f"{_training_length(config)} on {platform.machine() or 'this machine'} "
-        f"with {os.cpu_count()} CPU cores, and evaluated it on the "
-        f"{metrics.get('examples')} test images. Total wall time: {wall_seconds / 60:.1f} min.",
+        f"with {os.cpu_count()} CPU cores{_epochs_trained(run_dir)}, and evaluated it on the "
+        f"{metrics.get('examples')} test images.",
+        "",
+        _time_sentence(steps, wall_seconds),
         "",
         "## Result",
         "",
@@ -273,9 +336,12 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
                      f"{cluster_status}, k = {cluster_summary.get('k')}{link}")
     else:
         lines.append(f"- Clustering: {cluster_status}")
-    lines += ["", "## Steps", "", "| step | status | seconds | detail |", "|---|---|---:|---|"]
+    lines += ["", "## Steps", "",
+              "| step | status | seconds now | seconds when it ran | detail |",
+              "|---|---|---:|---:|---|"]
     for row in steps:
-        lines.append(f"| {row['step']} | {row['status']} | {row['seconds']} | {row['detail']} |")
+        work = "?" if row.get("work_seconds") is None else row["work_seconds"]
+        lines.append(f"| {row['step']} | {row['status']} | {row['seconds']} | {work} | {row['detail']} |")
     run_s, data_s = run_dir.as_posix(), data_dir.as_posix()
     lines += [
         "",
@@ -325,7 +391,7 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
     out.mkdir(parents=True, exist_ok=True)
     data_dir, run_dir = out / "data", out / "run"
     wall = time.perf_counter()
-    steps = _Steps(total=6)
+    steps = _Steps(total=6, previous_summary=out / SUMMARY_NAME)
 
     t = steps.start("simulate", f"{num} {PRESET} axion images with {workers} workers -> {data_dir}")
     manifest = simulate_step(data_dir, num, workers, seed, smoke)
@@ -355,14 +421,14 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
     steps.done("cluster", t, cluster_status.split(":")[0], cluster_status.partition(": ")[2])
 
     t = steps.start("report", f"-> {out / 'report.md'}")
-    wall_seconds = time.perf_counter() - wall
     report = write_report(
         out, manifest=manifest, config=config, metrics=metrics, steps=steps.rows,
         export_summary=export_summary, export_status=export_status,
         cluster_summary=cluster_summary, cluster_status=cluster_status,
-        smoke=smoke, wall_seconds=wall_seconds,
+        smoke=smoke, wall_seconds=time.perf_counter() - wall,
     )
     steps.done("report", t, "done")
+    work = [r["work_seconds"] for r in steps.rows]
 
     summary = {
         "out": str(out),
@@ -372,6 +438,8 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
         "smoke": smoke,
         "num": num,
         "wall_seconds": round(time.perf_counter() - wall, 1),
+        # What the whole pipeline took when its steps ran (None if an earlier time is unknown).
+        "work_seconds": None if None in work else round(sum(work), 1),
         "steps": steps.rows,
         "mae": {k: v["overall"].get("mae") for k, v in metrics["targets"].items()},
     }

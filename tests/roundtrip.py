@@ -36,7 +36,9 @@ def assert_outputs_close(actual, expected, atol: float = 1e-6, rtol: float = 0.0
         assert isinstance(actual, dict), f"expected a dict output, got {type(actual)}"
         assert set(actual) == set(expected), f"output keys {sorted(actual)} != {sorted(expected)}"
         for key in expected:
-            np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=rtol, err_msg=key)
+            np.testing.assert_allclose(
+                actual[key], expected[key], atol=atol, rtol=rtol, err_msg=key
+            )
     elif isinstance(expected, list):
         assert len(actual) == len(expected)
         for a, e in zip(actual, expected):

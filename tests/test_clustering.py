@@ -364,3 +364,38 @@ def test_embeddings_round_trip(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable embeddings"):
         emb.load_embeddings(tmp_path / "bad.npz")
+
+
+# --- one feature set end to end -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("space", ["pca", "map"])
+def test_analyse_features_on_blobs(blobs, space):
+    from deeplense_tf.clustering.pipeline import analyse_features
+
+    x, y = blobs
+    variables = [scores.HiddenVariable("class", "categorical", "class", y, ("a", "b", "c")),
+                 scores.HiddenVariable("size", "continuous", "target", y + 0.1 * x[:, 0])]
+    out = analyse_features(x, variables, method="gmm", reduce="pca", cluster_space=space)
+    assert out["k"] == 3 and out["k_selection"] == "bic"
+    assert out["map"].shape == (len(x), 2)
+    cls, size = out["variables"]
+    assert cls["ari"] >= 1 - ARI_TOL and cls["probe_accuracy"] > 0.95
+    assert size["eta2"] > 0.9 and size["probe_r2"] > 0.9
+    assert out["internal"]["silhouette"] > 0.5
+
+
+def test_layers_without_one_feature_vector_are_refused():
+    import keras
+
+    seq = keras.Input((6, 3), name="image")
+    out, h, c = keras.layers.LSTM(4, return_state=True, name="lstm")(seq)
+    ids = keras.layers.Discretization(bin_boundaries=[0.0], name="bins")(out)  # int64
+    total = keras.layers.Lambda(lambda t: keras.ops.sum(t, axis=-1), name="total")(h)
+    model = keras.Model(seq, [out, ids, total])
+    with pytest.raises(ConfigError, match="layer 'lstm' has 3 outputs"):
+        emb.embedding_model(model, "lstm")
+    with pytest.raises(ConfigError, match="not floating-point features"):
+        emb.embedding_model(model, "bins")
+    with pytest.raises(ConfigError, match=r"shape \(None,\): no feature axis"):
+        emb.embedding_model(model, "total")

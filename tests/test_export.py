@@ -24,7 +24,7 @@ from deeplense_tf import cli
 from deeplense_tf.errors import ConfigError, ExportError, RunError
 from deeplense_tf.export import exporter, on_device, savedmodel
 from deeplense_tf.export import tflite as tflite_lib
-from deeplense_tf.export.spec import ExportSpec
+from deeplense_tf.export.spec import ExportSpec, keras_reference
 from deeplense_tf.models import build_model
 from deeplense_tf.training.config import load_config, save_config
 from deeplense_tf.training.run import Run
@@ -414,6 +414,23 @@ def test_on_device_point_head_huber_step_matches_keras(tmp_path, data_dir):
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     np.testing.assert_allclose(module.kernels["theta_e_arcsec"].numpy(), kernel.numpy(), atol=1e-6)
     np.testing.assert_allclose(module.biases["theta_e_arcsec"].numpy(), bias.numpy(), atol=1e-6)
+
+
+def test_on_device_converts_encoders_with_custom_gradients(run):
+    """swish (EfficientNet) carries a custom gradient that tf.saved_model cannot save as is."""
+    from deeplense_tf.models import SoftClipLogVariance
+
+    inputs = keras.Input((SIZE, SIZE, 1), name="image")
+    x = keras.layers.Activation("swish", name="stem_activation")(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.Identity(name="embedding")(keras.layers.GlobalAveragePooling2D()(x))
+    outputs = {t: SoftClipLogVariance(name=t)(keras.layers.Dense(2, name=f"head_{t}")(x)) for t in TARGETS}
+    model = keras.Model(inputs, outputs)
+    spec = ExportSpec.from_run(run)
+    content = on_device.convert_on_device(model, spec, train_batch_size=2)
+    images = np.random.default_rng(0).gamma(0.5, 1.0, size=(3, SIZE, SIZE, 1)).astype(np.float32)
+    outputs = tflite_lib.run_tflite(content, images, signature="infer")
+    for name, values in keras_reference(model, spec, images).items():
+        assert scaled_diff(outputs[name], values) <= 1e-4, name
 
 
 def test_on_device_refuses_heads_it_cannot_train(run):

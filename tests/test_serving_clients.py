@@ -136,3 +136,25 @@ def test_columnar_answer_and_single_output_name_from_metadata(fake):
 def test_version_and_label_together_is_refused():
     with pytest.raises(ValueError, match="not both"):
         RestClient("http://127.0.0.1:1").status(version=1, label="stable")
+
+
+def test_run_load_counts_answers_errors_and_starts_after_warmup():
+    from deeplense_tf.serving.loadtest import run_load
+
+    calls, started = [], []
+    lock = threading.Lock()
+
+    def call():
+        with lock:
+            calls.append(bool(started))
+            n = len(calls)
+        if n % 10 == 0:
+            raise RuntimeError("boom")
+        time.sleep(0.001)
+
+    result = run_load(call, concurrency=4, num_requests=40, warmup_per_thread=1,
+                      on_start=lambda: started.append(True))
+    assert calls[:4] == [False] * 4 and all(calls[4:])  # warm-up calls, then the timed ones
+    assert result.requests + result.errors == 40 and result.errors == 4
+    assert "boom" in result.error_samples[0]
+    assert result.throughput > 0 and 1.0 <= result.p50_ms <= result.p99_ms

@@ -139,6 +139,24 @@ def test_smoke_shrinks_to_seconds():
     assert apply_smoke(config) == config  # idempotent
 
 
+def test_committed_benchmark_configs_load():
+    from deeplense_tf.models import MODEL_NAMES, model_options
+
+    paths = sorted((CONFIGS.parents[1] / "configs").glob("benchmark-*.yaml"))
+    configs = {p.stem: load_config(p) for p in paths}
+    cpu = {name: c for name, c in configs.items() if not name.endswith("-gpu")}
+    assert {c["model"]["name"] for c in cpu.values()} == set(MODEL_NAMES)
+    for name, config in configs.items():
+        unknown = set(config["model"]["options"]) - set(model_options(config["model"]["name"]))
+        assert not unknown, f"{name}: {unknown}"
+    # Same data and budget for every architecture on the CPU.
+    assert {(c["data"]["path"], c["training"]["time_budget_minutes"]) for c in cpu.values()} == {
+        ("data/model2-axion", 45.0)
+    }
+    gpu = configs["benchmark-model2-resnet-gpu"]["training"]
+    assert gpu["mixed_precision"] and gpu["strategy"] == "mirrored"
+
+
 # --- schedule -------------------------------------------------------------------------------
 
 
@@ -178,6 +196,49 @@ def test_schedules_serialize_and_fine_tuning_phases():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     for step in (0, 5, 19, 20, 25, 39):
         assert float(clone(step)) == pytest.approx(float(schedule(step)))
+
+
+def test_early_stopping_and_time_budget_decisions():
+    from deeplense_tf.training.trainer import early_stopping_update, epochs_that_fit
+
+    best, wait, stops = None, 0, []
+    for value in [1.0, 0.9, 0.95, 0.9, 0.8, 0.85, 0.86]:
+        improved, best, wait, stop = early_stopping_update(value, best, wait, patience=2)
+        stops.append((improved, wait, stop))
+    # 0.9 again is no improvement (strictly lower only); two bad epochs in a row stop.
+    assert stops == [(True, 0, False), (True, 0, False), (False, 1, False), (False, 2, True),
+                     (True, 0, False), (False, 1, False), (False, 2, True)]
+    assert early_stopping_update(5.0, 1.0, 100, patience=None)[3] is False
+    assert epochs_that_fit(100.0, 30.0) == 3 and epochs_that_fit(-1.0, 30.0) == 0
+
+
+def test_make_datasets_and_compile_model_for_fit(data_dir, tmp_path):
+    """What tuning and notebooks use: the config's pipelines and a compiled model for fit()."""
+    import keras
+
+    from deeplense_tf.training import compile_model, make_datasets
+    from deeplense_tf.training.schedules import WarmupCosineDecay
+    from deeplense_tf.training.trainer import build_model_from_config
+
+    config = tiny_config(data_dir)
+    train_ds, val_ds, stats, manifest = make_datasets(config)
+    images, targets = next(iter(train_ds))
+    assert images.shape == (8, 16, 16, 1) and set(targets) == set(TARGETS)
+    assert targets[TARGETS[0]].shape == (8, 1)
+    assert sum(int(x.shape[0]) for x, _ in val_ds) == 16  # the whole split, remainder kept
+    assert stats[TARGETS[0]]["mean"] == pytest.approx(manifest["target_stats"][TARGETS[0]]["mean"])
+    # Standardised targets: the train split's mean and std map to 0 and 1.
+    values = np.concatenate([y[TARGETS[0]].numpy()[:, 0] for _, y in train_ds])
+    assert abs(values.mean()) < 0.5 and 0.5 < values.std() < 1.5
+
+    model = compile_model(build_model_from_config(config, (16, 16, 1), TARGETS), config, steps_per_epoch=8)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert isinstance(model.optimizer._learning_rate, WarmupCosineDecay)
+    history = model.fit(train_ds, epochs=1, steps_per_epoch=2, verbose=0)
+    assert {"loss", f"{TARGETS[0]}_mae"} <= set(history.history)
+    model.save(tmp_path / "compiled.keras")
+    reloaded = keras.saving.load_model(tmp_path / "compiled.keras")  # schedule registered
+    assert float(reloaded.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
 
 
 # --- data and runs --------------------------------------------------------------------------
@@ -227,6 +288,20 @@ def test_resume_continues_at_the_next_epoch(resumed):
     expected = warmup_cosine_numpy([8, 16, 24], 3e-3, 8, 24)
     np.testing.assert_allclose([row["learning_rate"] for row in history], expected, rtol=1e-5, atol=1e-9)
     assert not (out / "backup").exists()
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_an_uninterrupted_one(resumed, tmp_path):
+    """The resumed session replays the seeded input pipeline to the same batch and restores
+    the optimizer, so the run ends with the weights an uninterrupted run reaches."""
+    straight, _ = quiet_train(resumed["config"], tmp_path / "straight")
+
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert without_time(read_history(tmp_path / "straight")) == without_time(read_history(resumed["out"]))
+    for a, b in zip(straight.model.get_weights(), resumed["run"].model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_run_folder_has_every_file(resumed):
@@ -485,8 +560,8 @@ def test_fine_tuning_freezes_then_unfreezes_the_encoder(resumed, other_data_dir,
                zip(weights(source, encoder_layers), weights(after_unfrozen, encoder_layers))]
     assert sum(changed) >= len(changed) // 2  # kernels and BN statistics alike
 
-    run, _ = quiet_train(config, out)  # every epoch done: only the finishing steps run
-    assert run.targets == TARGETS and run.info["init_from"] == str(resumed["out"].resolve())
+    info = json.loads((out / "run.json").read_text())
+    assert info["targets"] == TARGETS and info["init_from"] == str(resumed["out"].resolve())
     lrs = [row["learning_rate"] for row in read_history(out)]
     # The rate for the next step: after epoch 1 the start of phase 2 (3e-3 * 0.1, one
     # epoch, so no warm-up); after epoch 2 the end of its cosine.

@@ -206,6 +206,8 @@ def cluster_model(
     for name, (feats, scale) in feature_sets.items():
         _log(f"clustering {name} features {feats.shape} ({method}, map: {reduce})", progress)
         analyses[name] = analyse_features(feats, variables, k=chosen_k, scale=scale, **options)
+        if name != "trained" and k is None and method != "hdbscan":
+            analyses[name]["k_selection"] = "as trained"
         if name == "trained" and method != "hdbscan":
             # Baselines use the trained features' k so their ARI/NMI compare at equal k.
             chosen_k = analyses[name]["k"]

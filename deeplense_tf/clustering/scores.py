@@ -161,14 +161,10 @@ def continuous_association(labels: np.ndarray, values: np.ndarray, seed: int = 0
     v, c = np.asarray(values, np.float64)[rows], np.asarray(labels)[rows]
     if len(v) < MIN_ROWS or len(np.unique(c)) < 2 or np.ptp(v) == 0:
         return {"mi": np.nan, "eta2": np.nan, "n": int(len(v))}
-    neighbors = int(min(3, np.bincount(np.unique(c, return_inverse=True)[1]).min() - 1))
-    mi = (
-        float(mutual_info_classif(v[:, None], c, discrete_features=False,
-                                  n_neighbors=max(1, neighbors), random_state=seed)[0])
-        if neighbors >= 1
-        else np.nan
-    )
-    return {"mi": mi, "eta2": correlation_ratio(c, v), "n": int(len(v))}
+    # sklearn's estimator (Ross 2014) lowers k for small clusters and skips singletons.
+    mi = mutual_info_classif(v[:, None], c, discrete_features=False, n_neighbors=3,
+                             random_state=seed)[0]
+    return {"mi": float(mi), "eta2": correlation_ratio(c, v), "n": int(len(v))}
 
 
 def _folds(n_rows: int, seed: int, stratify: np.ndarray | None = None):

@@ -22,6 +22,7 @@ from deeplense_tf.evaluation.metrics import (
 )
 
 MAX_POINTS = 2000  # more points than this hide each other; subsample for the scatter panels
+MAX_ERROR_BARS = 250  # error bars on a subset only: hundreds of them turn into a solid band
 
 _UNITS = {
     "ev": "eV",
@@ -112,14 +113,15 @@ def plot_target(
     ax = axes[0]
     lo = float(min(y_true.min(), y_pred.min())) if n else 0.0
     hi = float(max(y_true.max(), y_pred.max())) if n else 1.0
+    ax.plot(y_true[shown], y_pred[shown], "o", ms=2.5, alpha=0.4, color="tab:blue",
+            label=f"prediction{note}")
     if y_std is not None:
+        barred = shown[_subsample(shown.size, MAX_ERROR_BARS, seed=1)]
+        bar_note = f" (on {barred.size} points)" if barred.size < shown.size else ""
         ax.errorbar(
-            y_true[shown], y_pred[shown], yerr=y_std[shown], fmt="o", ms=2.5, alpha=0.4,
-            elinewidth=0.6, color="tab:blue", label=f"prediction ± 1σ{note}",
+            y_true[barred], y_pred[barred], yerr=y_std[barred], fmt="none", alpha=0.5,
+            elinewidth=0.7, color="tab:blue", label=f"± 1σ predicted{bar_note}",
         )
-    else:
-        ax.plot(y_true[shown], y_pred[shown], "o", ms=2.5, alpha=0.4, color="tab:blue",
-                label=f"prediction{note}")
     ax.plot([lo, hi], [lo, hi], "k--", lw=1.2, label="identity (perfect)")
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
@@ -151,17 +153,22 @@ def plot_target(
         ax.plot(curve["expected"], curve["observed"], "o-", color="tab:green", ms=3.5,
                 label="observed")
         marks = coverage_curve(y_true, y_pred, y_std, COVERAGE_LEVELS)
-        for level, seen in zip(marks["expected"], marks["observed"]):
-            ax.annotate(f"{seen:.2f} at {level:.2f}", (level, seen), textcoords="offset points",
-                        xytext=(-70, 8), fontsize=8, arrowprops={"arrowstyle": "-", "lw": 0.6})
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        summary = ", ".join(f"{seen:.2f} at {level:.0%}" for level, seen in
+                            zip(marks["expected"], marks["observed"]))
+        ax.plot(marks["expected"], marks["observed"], "s", color="tab:red", ms=6,
+                label=f"observed: {summary}")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.03)  # room for points at full coverage
         ax.set_aspect("equal")
         ax.set_xlabel("expected coverage (nominal level of central interval)")
         ax.set_ylabel("observed coverage (fraction of true values inside)")
         ax.set_title("Calibration  (below diagonal: over-confident)")
         ax.legend(loc="upper left", fontsize=8)
 
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[:2]:  # long tick labels (-23.75) collide at the default density
+        ax.xaxis.set_major_locator(MaxNLocator(6))
     fig.suptitle(title or f"{target} on {n} examples", fontsize=12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

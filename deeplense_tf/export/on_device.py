@@ -28,6 +28,7 @@ derivative is part of the update. Dropout before the head is off (inference mode
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -287,14 +288,23 @@ def convert_on_device(model, spec: ExportSpec, **options) -> bytes:
 
     module, signatures = build_module(model, spec, **options)
     with tempfile.TemporaryDirectory(prefix="deeplense-on-device-") as work:
-        tf.saved_model.save(module, work, signatures=signatures)
+        # The frozen encoder may hold ops with custom gradients (swish) whose captures
+        # cannot be saved; nothing here is differentiated by TensorFlow, so drop them.
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+        tf.saved_model.save(module, work, signatures=signatures, options=options)
         converter = tf.lite.TFLiteConverter.from_saved_model(work, signature_keys=list(SIGNATURES))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        # Loading warns about the custom gradients dropped above; nothing asks for them.
+        absl_logger.setLevel(logging.ERROR)
         try:
             return converter.convert()
         except Exception as err:
             raise ExportError(f"on-device TFLite model: {describe_conversion_error(err)}") from err
+        finally:
+            absl_logger.setLevel(level)
 
 
 def verify_on_device(path, model, spec: ExportSpec, images, reference=None) -> dict:

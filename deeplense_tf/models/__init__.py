@@ -9,6 +9,7 @@ heads) and `heads` for the output conventions.
 """
 
 from deeplense_tf.models import cnn, cnn_lstm, efficientnet, resnet, vit  # noqa: F401  (register builders)
+from deeplense_tf.models.batchnorm import batchnorm_layers, reestimate_batchnorm_statistics
 from deeplense_tf.models.heads import (
     HEADS,
     LOG_VAR_LIMIT,
@@ -49,6 +50,7 @@ __all__ = [
     "PatchSequence",
     "PolarUnwrap",
     "SoftClipLogVariance",
+    "batchnorm_layers",
     "build_model",
     "embedding_model",
     "encoder_layers",
@@ -56,6 +58,7 @@ __all__ = [
     "make_losses",
     "make_metrics",
     "model_options",
+    "reestimate_batchnorm_statistics",
     "register",
     "set_encoder_trainable",
     "split_gaussian",

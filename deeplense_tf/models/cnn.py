@@ -15,7 +15,9 @@ from deeplense_tf.models.registry import register, require, spatial_size
 
 
 @register("cnn")
-def build_cnn(x, *, width: int = 32, blocks: int = 4, convs_per_block: int = 2, bn_momentum: float = 0.95):
+def build_cnn(
+    x, *, width: int = 32, blocks: int = 4, convs_per_block: int = 2, bn_momentum: float = 0.95
+):
     """Plain CNN encoder: preprocessed image `[B, h, w, c]` -> pooled features `[B, width * 2**(blocks-1)]`.
 
     `bn_momentum` 0.95 (Keras default 0.99): at high learning rates the moving
@@ -26,7 +28,10 @@ def build_cnn(x, *, width: int = 32, blocks: int = 4, convs_per_block: int = 2, 
     require(isinstance(blocks, int) and blocks > 0, "cnn", "blocks", blocks, "a positive integer")
     require(
         isinstance(convs_per_block, int) and convs_per_block > 0,
-        "cnn", "convs_per_block", convs_per_block, "a positive integer",
+        "cnn",
+        "convs_per_block",
+        convs_per_block,
+        "a positive integer",
     )
     require(0.0 < bn_momentum < 1.0, "cnn", "bn_momentum", bn_momentum, "in (0, 1)")
     for block in range(blocks):

@@ -102,30 +102,48 @@ def build_cnn_lstm(
     """
     size = spatial_size(x)
     require(view in VIEWS, "cnn_lstm", "view", view, " or ".join(VIEWS))
-    for option, value in (("steps", steps), ("angles_per_step", angles_per_step), ("width", width),
-                          ("frame_features", frame_features), ("lstm_units", lstm_units),
-                          ("lstm_layers", lstm_layers)):
-        require(isinstance(value, int) and value > 0, "cnn_lstm", option, value, "a positive integer")
+    for option, value in (
+        ("steps", steps),
+        ("angles_per_step", angles_per_step),
+        ("width", width),
+        ("frame_features", frame_features),
+        ("lstm_units", lstm_units),
+        ("lstm_layers", lstm_layers),
+    ):
+        require(
+            isinstance(value, int) and value > 0, "cnn_lstm", option, value, "a positive integer"
+        )
     require(0.0 < bn_momentum < 1.0, "cnn_lstm", "bn_momentum", bn_momentum, "in (0, 1)")
 
     if view == "polar":
-        require(max_radius is None or 0 < max_radius, "cnn_lstm", "max_radius", max_radius, "positive")
+        require(
+            max_radius is None or 0 < max_radius, "cnn_lstm", "max_radius", max_radius, "positive"
+        )
         outer = max_radius if max_radius is not None else (size - 1) / 2.0
         if radii is None:
             radii = int(min(MAX_RADII, max(4, round(outer))))
-        require(isinstance(radii, int) and radii > 0, "cnn_lstm", "radii", radii, "a positive integer")
+        require(
+            isinstance(radii, int) and radii > 0, "cnn_lstm", "radii", radii, "a positive integer"
+        )
         x = PolarUnwrap(steps, angles_per_step, radii, max_radius, name="polar_unwrap")(x)
     else:
         if patch_size is None:
             patch_size = math.ceil(size / RASTER_GRID)
-        require(isinstance(patch_size, int) and 1 <= patch_size <= size, "cnn_lstm", "patch_size",
-                patch_size, f"an integer between 1 and the image size {size}")
+        require(
+            isinstance(patch_size, int) and 1 <= patch_size <= size,
+            "cnn_lstm",
+            "patch_size",
+            patch_size,
+            f"an integer between 1 and the image size {size}",
+        )
         x = PatchSequence(patch_size, name="patch_sequence")(x)
 
     encoder = _frame_encoder(tuple(x.shape[2:]), width, frame_features, bn_momentum)
     x = FoldedTimeDistributed(encoder, name="frames")(x)
     for i in range(lstm_layers):
-        lstm = keras.layers.LSTM(lstm_units, return_sequences=i < lstm_layers - 1, unroll=True, name=f"lstm{i}")
+        lstm = keras.layers.LSTM(
+            lstm_units, return_sequences=i < lstm_layers - 1, unroll=True, name=f"lstm{i}"
+        )
         if bidirectional:
             lstm = keras.layers.Bidirectional(lstm, name=f"bilstm{i}")
         x = lstm(x)

@@ -46,11 +46,19 @@ def build_efficientnet(x, *, variant: str = "b0", upsample: int = 1, bn_momentum
         bn_momentum: momentum of every BatchNorm in the network.
     """
     require(variant in _VARIANTS, "efficientnet", "variant", variant, " | ".join(_VARIANTS))
-    require(isinstance(upsample, int) and upsample >= 1, "efficientnet", "upsample", upsample, "an integer >= 1")
+    require(
+        isinstance(upsample, int) and upsample >= 1,
+        "efficientnet",
+        "upsample",
+        upsample,
+        "an integer >= 1",
+    )
     require(0.0 < bn_momentum < 1.0, "efficientnet", "bn_momentum", bn_momentum, "in (0, 1)")
     factor = max(upsample, math.ceil(MIN_SIZE / spatial_size(x)))
     if factor > 1:
-        x = keras.layers.UpSampling2D(factor, interpolation="bilinear", name="efficientnet_upsample")(x)
+        x = keras.layers.UpSampling2D(
+            factor, interpolation="bilinear", name="efficientnet_upsample"
+        )(x)
     backbone = _VARIANTS[variant](
         include_top=False,
         weights=None,

@@ -161,9 +161,7 @@ def make_losses(head: str, targets, point_loss: str = "huber", huber_delta: floa
         return {target: keras.losses.Huber(delta=huber_delta) for target in targets}
     if point_loss == "mse":
         return {target: keras.losses.MeanSquaredError() for target in targets}
-    raise ConfigError(
-        f"unknown point_loss {point_loss!r}; choose from {', '.join(POINT_LOSSES)}"
-    )
+    raise ConfigError(f"unknown point_loss {point_loss!r}; choose from {', '.join(POINT_LOSSES)}")
 
 
 def make_metrics(head: str, targets) -> dict:

@@ -141,7 +141,9 @@ def build_model(
     x = ImagePreprocess(normalization, crop, name="preprocess")(image)
     features = builder(x, **options)  # builders raise ConfigError for bad option values
     if len(features.shape) != 2:
-        raise ValueError(f"builder {name!r} returned features of shape {features.shape}, not [B, D]")
+        raise ValueError(
+            f"builder {name!r} returned features of shape {features.shape}, not [B, D]"
+        )
     features = keras.layers.Identity(name="embedding", dtype="float32")(features)
     if dropout > 0:
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
@@ -154,7 +156,7 @@ def _encoder_model(model: keras.Model) -> keras.Model:
         embedding = model.get_layer("embedding")
     except ValueError as err:
         raise ConfigError(f"model {model.name!r} has no layer named 'embedding'") from err
-    return keras.Model(model.inputs, embedding.output, name=f"{model.name}_embedding")
+    return keras.Model(model.inputs[0], embedding.output, name=f"{model.name}_embedding")
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

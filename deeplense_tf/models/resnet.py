@@ -31,8 +31,13 @@ _VARIANTS = ("resnet", "xresnet")
 
 def _conv_bn(x, filters, kernel, stride, name, bn_momentum, relu=True, zero_gamma=False):
     x = keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=f"{name}_conv",
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
     )(x)
     x = keras.layers.BatchNormalization(
         momentum=bn_momentum, gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn"
@@ -43,16 +48,22 @@ def _conv_bn(x, filters, kernel, stride, name, bn_momentum, relu=True, zero_gamm
 def _basic_block(x, filters, stride, name, variant, bn_momentum):
     shortcut = x
     y = _conv_bn(x, filters, 3, stride, f"{name}_1", bn_momentum)
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", bn_momentum, relu=False, zero_gamma=variant == "xresnet")
+    y = _conv_bn(
+        y, filters, 3, 1, f"{name}_2", bn_momentum, relu=False, zero_gamma=variant == "xresnet"
+    )
     if stride != 1 or x.shape[-1] != filters:
         if variant == "xresnet":
             if stride != 1:
                 shortcut = keras.layers.AveragePooling2D(
                     stride, strides=stride, padding="same", name=f"{name}_shortcut_pool"
                 )(shortcut)
-            shortcut = _conv_bn(shortcut, filters, 1, 1, f"{name}_shortcut", bn_momentum, relu=False)
+            shortcut = _conv_bn(
+                shortcut, filters, 1, 1, f"{name}_shortcut", bn_momentum, relu=False
+            )
         else:
-            shortcut = _conv_bn(shortcut, filters, 1, stride, f"{name}_shortcut", bn_momentum, relu=False)
+            shortcut = _conv_bn(
+                shortcut, filters, 1, stride, f"{name}_shortcut", bn_momentum, relu=False
+            )
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -97,5 +108,7 @@ def build_resnet(
         filters = width * 2**stage
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, stride, f"stage{stage + 1}_block{block + 1}", variant, bn_momentum)
+            x = _basic_block(
+                x, filters, stride, f"stage{stage + 1}_block{block + 1}", variant, bn_momentum
+            )
     return keras.layers.GlobalAveragePooling2D(name="resnet_pool")(x)

@@ -73,22 +73,44 @@ def build_vit(
     size = spatial_size(x)
     if patch_size is None:
         patch_size = default_patch_size(size)
-    require(isinstance(patch_size, int) and 1 <= patch_size <= size, "vit", "patch_size", patch_size,
-            f"an integer between 1 and the image size {size}")
+    require(
+        isinstance(patch_size, int) and 1 <= patch_size <= size,
+        "vit",
+        "patch_size",
+        patch_size,
+        f"an integer between 1 and the image size {size}",
+    )
     require(isinstance(dim, int) and dim > 0, "vit", "dim", dim, "a positive integer")
-    require(isinstance(heads, int) and heads > 0 and dim % heads == 0, "vit", "heads", heads,
-            f"a positive divisor of dim={dim}")
+    require(
+        isinstance(heads, int) and heads > 0 and dim % heads == 0,
+        "vit",
+        "heads",
+        heads,
+        f"a positive divisor of dim={dim}",
+    )
     require(isinstance(depth, int) and depth > 0, "vit", "depth", depth, "a positive integer")
-    require(isinstance(mlp_ratio, int) and mlp_ratio > 0, "vit", "mlp_ratio", mlp_ratio, "a positive integer")
-    require(0.0 <= attention_dropout < 1.0, "vit", "attention_dropout", attention_dropout, "in [0, 1)")
+    require(
+        isinstance(mlp_ratio, int) and mlp_ratio > 0,
+        "vit",
+        "mlp_ratio",
+        mlp_ratio,
+        "a positive integer",
+    )
+    require(
+        0.0 <= attention_dropout < 1.0, "vit", "attention_dropout", attention_dropout, "in [0, 1)"
+    )
     require(0.0 < bn_momentum < 1.0, "vit", "bn_momentum", bn_momentum, "in (0, 1)")
 
     if hybrid:
         for i, filters in enumerate((max(dim // 4, 8), max(dim // 2, 8))):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"vit_stem{i}_conv")(x)
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"vit_stem{i}_conv"
+            )(x)
             x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"vit_stem{i}_bn")(x)
             x = keras.layers.Activation("gelu", name=f"vit_stem{i}_gelu")(x)
-    x = keras.layers.Conv2D(dim, patch_size, strides=patch_size, padding="valid", name="vit_patch_embed")(x)
+    x = keras.layers.Conv2D(
+        dim, patch_size, strides=patch_size, padding="valid", name="vit_patch_embed"
+    )(x)
     x = keras.layers.Reshape((x.shape[1] * x.shape[2], dim), name="vit_tokens")(x)
     x = AddPositionEmbedding(name="vit_position")(x)
     for i in range(depth):

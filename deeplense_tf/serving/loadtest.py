@@ -57,13 +57,15 @@ class LoadResult:
 
 
 def run_load(call: Callable[[], object], *, concurrency: int, num_requests: int,
-             max_seconds: float = 60.0, warmup_per_thread: int = 2) -> LoadResult:
+             max_seconds: float = 60.0, warmup_per_thread: int = 2,
+             on_start: Callable[[], None] | None = None) -> LoadResult:
     """Sends `num_requests` calls of `call()` from `concurrency` threads.
 
     `call` must be thread-safe (`RestClient` keeps one connection per thread;
     `GrpcClient` shares one channel). Each thread first makes
     `warmup_per_thread` untimed calls; the run stops early after `max_seconds`.
-    Exceptions count as errors (the first few messages are kept).
+    Exceptions count as errors (the first few messages are kept). `on_start` is
+    called when the timed part begins (after the warm-up), e.g. to read a counter.
     """
     if concurrency < 1 or num_requests < 1:
         raise ValueError("concurrency and num_requests must be >= 1")
@@ -101,6 +103,10 @@ def run_load(call: Callable[[], object], *, concurrency: int, num_requests: int,
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
+    if on_start is not None:
+        # Workers block on the barrier until this returns, so nothing timed runs before.
+        _wait_until_waiting(barrier, concurrency)
+        on_start()
     barrier.wait()
     start = time.perf_counter()
     deadline[0] = start + max_seconds
@@ -109,6 +115,11 @@ def run_load(call: Callable[[], object], *, concurrency: int, num_requests: int,
     wall = time.perf_counter() - start
     return LoadResult(concurrency=concurrency, latencies_ms=np.asarray(latencies), wall_s=wall,
                       errors=len(errors), error_samples=errors[:5])
+
+
+def _wait_until_waiting(barrier: threading.Barrier, parties: int) -> None:
+    while barrier.n_waiting < parties and not barrier.broken:
+        time.sleep(0.001)
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from urllib.parse import quote, urlsplit
@@ -220,7 +219,7 @@ class RestClient:
                 data = response.read()
                 if response.will_close:
                     self.close()
-            except socket.timeout:
+            except TimeoutError:
                 self.close()
                 raise ServingError("DEADLINE_EXCEEDED",
                                    f"no answer from {self.url}{path} within {self.timeout:g} s") from None

@@ -758,7 +758,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         try:
             body, refusal = self._read_body(self.server.max_request_bytes)
-        except (ConnectionError, socket.timeout, ValueError):
+        except (TimeoutError, ConnectionError, ValueError):
             self.close_connection = True
             return
         if refusal is not None:
@@ -814,7 +814,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if not chunk:
                     break
                 remaining -= len(chunk)
-        except (OSError, socket.timeout):
+        except (TimeoutError, OSError):
             pass
 
     def _reply(self, status: int, payload: bytes, close: bool = False) -> None:
@@ -830,7 +830,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Status line, headers and body in one send: split sends of a small answer
             # stall on the client's delayed ACK.
             self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
 
     def send_error(self, code, message=None, explain=None):

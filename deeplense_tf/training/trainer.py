@@ -58,8 +58,8 @@ from deeplense_tf.errors import ConfigError, DataError, RunError
 from deeplense_tf.training import run as run_files
 from deeplense_tf.training.config import (
     diff_configs,
+    load_config,
     save_config,
-    validate_config,
     write_text_atomic,
 )
 from deeplense_tf.training.run import Run
@@ -487,6 +487,27 @@ def load_init_weights(model, source: Run, config: dict, input_shape) -> int:
     return copied
 
 
+# --- decisions -------------------------------------------------------------------------------
+
+
+def early_stopping_update(value: float, best: float | None, wait: int, patience: int | None):
+    """One epoch of early stopping on a metric where lower is better.
+
+    Returns `(improved, best, wait, stop)`: any decrease counts as an improvement and
+    resets `wait`; `stop` once `patience` epochs in a row brought none (never for None).
+    """
+    improved = best is None or value < best
+    best, wait = (value, 0) if improved else (best, wait + 1)
+    return improved, best, wait, bool(patience) and wait >= patience
+
+
+def epochs_that_fit(remaining_seconds: float, seconds_per_epoch: float) -> int:
+    """Whole epochs of `seconds_per_epoch` that fit in what is left of the time budget."""
+    if remaining_seconds <= 0:
+        return 0
+    return int(remaining_seconds // max(seconds_per_epoch, 1e-9))
+
+
 # --- the trainer -----------------------------------------------------------------------------
 
 
@@ -628,6 +649,17 @@ class _Trainer:
     def build(self):
         config, t = self.config, self.config["training"]
         keras.utils.set_random_seed(config["seed"])
+        self.previous_policy = keras.mixed_precision.global_policy()
+        if t["mixed_precision"]:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with self.strategy.scope():
+            self.model = build_model_from_config(config, self.input_shape, self.targets)
+        if self.source is not None and self.backup is None:
+            # Before the data pipeline: an incompatible run fails fast.
+            with self.strategy.scope():
+                copied = load_init_weights(self.model, self.source, config, self.input_shape)
+            self.log(f"initialised {copied} layers from {self.source.path}")
+
         self.train_ds, self.val_ds, self.target_stats, _ = make_datasets(config)
         if self.chief:
             _write_json(self.out / run_files.TARGET_STATS_FILE, self.target_stats)
@@ -642,17 +674,13 @@ class _Trainer:
         self.steps_per_epoch = t["steps_per_epoch"] or usable // self.global_batch
         self.planned_epochs = t["epochs"]
 
-        self.previous_policy = keras.mixed_precision.global_policy()
-        if t["mixed_precision"]:
-            keras.mixed_precision.set_global_policy("mixed_float16")
         with self.strategy.scope():
-            self.model = build_model_from_config(config, self.input_shape, self.targets)
             self.optimizer = make_optimizer(config, self.steps_per_epoch, self.planned_epochs)
             # Built on every trainable variable, so slots exist for both fine-tuning phases.
             self.optimizer.build(self.model.trainable_variables)
         self.losses = _make_losses(config, self.targets)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        self._stat_vars = [v for v in _float_variables(self.model.non_trainable_variables)]
+        self._stat_vars = _float_variables(self.model.non_trainable_variables)
         if self.replicas > 1 and self._stat_vars:
             stat_vars, strategy = self._stat_vars, self.strategy
 
@@ -676,13 +704,8 @@ class _Trainer:
         self.elapsed = 0.0
         self.stopped = None
         self.best_weights = None
-
         if self.backup is not None:
             self.restore()
-        elif self.source is not None:
-            with self.strategy.scope():
-                copied = load_init_weights(self.model, self.source, config, self.input_shape)
-            self.log(f"initialised {copied} layers from {self.source.path}")
 
     def restore(self):
         prefix, state = self.backup
@@ -937,20 +960,18 @@ class _Trainer:
                    "seconds": timing["epoch_seconds"]}
             self.history.append(row)
 
-            value = self.monitor_value(val_metrics)
-            improved = self.best is None or value < self.best
+            improved, self.best, self.wait, stop = early_stopping_update(
+                self.monitor_value(val_metrics), self.best, self.wait, patience
+            )
             if improved:
-                self.best, self.best_epoch, self.wait = value, self.epoch, 0
+                self.best_epoch = self.epoch
                 self.best_weights = [v.numpy() for v in self.model.weights]
                 if self.chief:
                     save_model_atomic(self.model, self.out / run_files.MODEL_FILE)
-            else:
-                self.wait += 1
-            if patience and self.wait >= patience:
+            if stop:
                 self.stopped = "early_stopping"
             if budget is not None and not self.stopped:
-                remaining = budget - self.elapsed
-                fit = int(remaining // max(timing["estimate"], 1e-9))
+                fit = epochs_that_fit(budget - self.elapsed, timing["estimate"])
                 if fit <= 0:
                     self.stopped = "time_budget"
                 elif self.epoch + fit < self.planned_epochs:
@@ -1084,7 +1105,7 @@ class _Trainer:
             final_val = self.evaluate()
         model = self.final_model()
         result = Run(
-            path=None,
+            path=self.out if self.chief else None,
             model=model,
             config=self.config,
             targets=list(self.targets),
@@ -1114,7 +1135,7 @@ class _Trainer:
             + (", " + ", ".join(str(p) for p in plots) if plots else "")
             + f", {self.out / 'logs'}"
         )
-        return Run.load(self.out)
+        return result
 
     def summary(self, final_val: dict, recalibration, model) -> dict:
         seconds = self.elapsed
@@ -1186,7 +1207,8 @@ def train(config: dict, out_dir, *, overwrite: bool = False, progress: bool = Tr
     """Train the model a config describes into the run folder `out_dir`.
 
     Args:
-        config: a resolved config (`load_config(...)`); checked again here.
+        config: an experiment config (`load_config(...)`, or a partial dict merged onto
+            the defaults); checked again here.
         out_dir: the run folder. Empty or missing: a new run. Holding an interrupted
             run of the same config and data: it resumes after the last finished epoch.
             Holding a finished run: RunError unless `overwrite`. Holding a run of
@@ -1200,7 +1222,8 @@ def train(config: dict, out_dir, *, overwrite: bool = False, progress: bool = Tr
         The finished `Run` (loaded from `out_dir`; on a non-chief worker of a
         multi-worker job, the in-memory model with `path=None`).
     """
-    config = validate_config(config)
+    # Merged onto the defaults, so a partial dict works too (smoke is idempotent).
+    config = load_config(overrides=config)
     trainer = _Trainer(config, out_dir, overwrite, _interrupt_after, progress)
     trainer.resolve()
     trainer.prepare_folder()

@@ -580,6 +580,12 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         self.target_stats = {t: {"mean": float(s["mean"]), "std": float(s["std"])}
                              for t, s in stats.items()}
         self.train_examples = count_usable_examples(path, self.manifest, "train", self.targets)
+        self.val_examples = count_usable_examples(path, self.manifest, "val", self.targets)
+        if not self.val_examples:
+            raise ConfigError(
+                f"{path}: no val example has {', '.join(self.targets)} defined (the objective "
+                "is a validation metric)"
+            )
 
     # -- configs --------------------------------------------------------------------------
 
@@ -637,6 +643,8 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, verbose=0,
             **kwargs):
         """Train `model` (from `build(hp)`) on the trial's data; the best epoch's metrics."""
+        import tensorflow as tf
+
         from deeplense_tf.training.trainer import make_datasets
 
         values = {**self.declare(hp), **_tuner_values(hp)}
@@ -645,8 +653,13 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         config = self.trial_config(values)
         t = config["training"]
         train_ds, val_ds, _, _ = make_datasets(config)
+        # The usable count is known; telling tf.data spares Keras's "ran out of data"
+        # warning at the end of every validation pass (filtered data has no cardinality).
+        val_steps = math.ceil(self.val_examples / t["batch_size"])
         if t["validation_steps"]:
-            val_ds = val_ds.take(t["validation_steps"])
+            val_steps = min(val_steps, t["validation_steps"])
+            val_ds = val_ds.take(val_steps)
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_steps))
         head = config["model"]["head"]
         metrics_callback = TuningMetrics(self.targets, head, self.target_stats)
         extra = []

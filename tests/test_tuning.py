@@ -1,0 +1,308 @@
+"""Tuning: search-space files and their errors, the HyperModels (defaults, hp.Fixed
+overrides), objectives, a two-trial search end to end (results table, plot, best config
+that `load_config` accepts), resume without repeating trials, and the tuner factory.
+
+Tiny data (16x16 blobs from data_fixtures) and `tuning/tiny.yaml` (a one-block CNN, one
+two-step epoch per trial) keep a trial to seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import keras_tuner
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from data_fixtures import write_dataset
+
+from deeplense_tf.errors import ConfigError
+from deeplense_tf.training import tuning
+from deeplense_tf.training.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "tuning"
+TINY = SPACES / "tiny.yaml"
+TARGET = "theta_e_arcsec"
+OVERRIDES = {"data.targets": [TARGET]}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("tune-data"), counts={"train": 40, "val": 12, "test": 12})
+
+
+def quiet(fn, *args, **kwargs):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = fn(*args, **kwargs)
+    return result, buffer.getvalue()
+
+
+# --- search-space files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(tuning.HYPERMODELS))
+def test_space_file_equals_builtin_default(family):
+    """tuning/<family>.yaml is what `deeplense tune --model <family>` searches without --space."""
+    from_file = tuning.load_search_space(SPACES / f"{family}.yaml")
+    assert from_file.model == family
+    assert from_file.to_dict() == tuning.default_search_space(family).to_dict()
+    # The default space searches depth/width (or the variant), dropout, rates, head, augmentation.
+    names = set(from_file.hyperparameters)
+    assert {"dropout", "learning_rate", "weight_decay", "head", "augment", "batch_size", "epochs"} <= names
+    assert names & {"depth", "width", "variant"}
+
+
+def test_space_parsing_kinds():
+    space = tuning.parse_search_space(
+        {
+            "model": "cnn",
+            "hyperparameters": {
+                "depth": {"min": 1, "max": 3},
+                "learning_rate": {"min": "1e-4", "max": "1e-2", "sampling": "log"},
+                "width": {"values": [8, 16], "default": 16},
+                "head": "point",
+                "dropout": {"min": 0.2, "max": 0.2},
+            },
+        }
+    )
+    h = space.hyperparameters
+    assert (h["depth"].kind, h["depth"].key) == ("int", "model.options.blocks")
+    assert (h["learning_rate"].kind, h["learning_rate"].min) == ("float", 1e-4)  # YAML 1.1 strings
+    assert (h["width"].kind, h["width"].default) == ("choice", 16)
+    assert (h["head"].kind, h["head"].values, h["head"].key) == ("fixed", ("point",), "model.head")
+    assert h["dropout"].kind == "fixed"  # min == max is one value
+    assert tuning.parse_search_space(space.to_dict()).to_dict() == space.to_dict()
+
+
+@pytest.mark.parametrize(
+    "hyperparameters, message",
+    [
+        ({"widht": {"values": [8]}}, "unknown hyperparameter 'widht' for model cnn (did you mean width?)"),
+        ({"width": {"values": []}}, "hyperparameter width: empty range"),
+        ({"learning_rate": {"min": 0.1, "max": 0.01}}, "hyperparameter learning_rate: empty range (min 0.1 > max 0.01)"),
+        ({"learning_rate": {"min": 0.0, "max": 0.1, "sampling": "log"}}, "learning_rate: log sampling needs min > 0"),
+        ({"width": {"values": [8, "wide"]}}, "width: values must all be of one type"),
+        ({"width": {"min": 8}}, "width: a range needs both min and max"),
+        ({"width": {"vals": [8]}}, "width: unknown field 'vals'"),
+        ({"depth": {"values": [2]}, "blocks": {"values": [3]}}, "depth and blocks both set model.options.blocks"),
+    ],
+)
+def test_space_errors_name_the_key(hyperparameters, message):
+    with pytest.raises(ConfigError) as err:
+        tuning.parse_search_space({"model": "cnn", "hyperparameters": hyperparameters}, source="s.yaml")
+    assert str(err.value).startswith("s.yaml: ")
+    assert message in str(err.value)
+
+
+def test_space_values_checked_against_the_config():
+    base = load_config(overrides={"model.name": "cnn"})
+    with pytest.raises(ConfigError, match=r"hyperparameter head value 'cauchy' is not valid for model.head"):
+        tuning.parse_search_space(
+            {"model": "cnn", "hyperparameters": {"head": {"values": ["gaussian", "cauchy"]}}},
+            base_config=base,
+        )
+    with pytest.raises(ConfigError, match="hyperparameter batch_size value 0"):
+        tuning.parse_search_space(
+            {"model": "cnn", "hyperparameters": {"batch_size": {"min": 0, "max": 8}}}, base_config=base
+        )
+
+
+def test_space_file_and_model_errors(tmp_path, data_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: cnn\nhyperparameters:\n  learning_rate: {min: 1.0e-2, max: 1.0e-3}\n")
+    with pytest.raises(ConfigError, match=f"{bad}: hyperparameter learning_rate: empty range"):
+        tuning.resolve_search(data_dir, space=bad, overrides=OVERRIDES)
+    with pytest.raises(ConfigError, match="is a space for model 'cnn', but --model is 'vit'"):
+        tuning.resolve_search(data_dir, space=TINY, model="vit", overrides=OVERRIDES)
+    wrong_config = tmp_path / "wrong_config.yaml"
+    wrong_config.write_text("model: cnn\nconfig: {training: {epoks: 3}}\n")
+    with pytest.raises(ConfigError, match=r"wrong_config.yaml \(config section\).*training.epoks"):
+        tuning.resolve_search(data_dir, space=wrong_config, overrides=OVERRIDES)
+    with pytest.raises(ConfigError, match="unknown model 'mlp'"):
+        tuning.default_search_space("mlp")
+
+
+def test_cli_reports_a_bad_space_in_one_line(tmp_path, data_dir, capsys):
+    from deeplense_tf.cli import main
+
+    bad = tmp_path / "unknown.yaml"
+    bad.write_text("model: cnn\nhyperparameters:\n  depht: {values: [2, 3]}\n")
+    code = main(["tune", "--data", str(data_dir), "--out", str(tmp_path / "out"), "--space", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert "unknown hyperparameter 'depht'" in err and str(bad) in err
+
+
+# --- objectives and metrics --------------------------------------------------------------------
+
+
+def test_default_and_chosen_objectives():
+    targets = ["a", "b"]
+    assert tuning.resolve_objective(None, targets, ["gaussian"]) == "val_a_nll"
+    assert tuning.resolve_objective("auto", targets, ["gaussian", "point"]) == "val_a_mae"
+    assert tuning.resolve_objective(None, targets, ["point"]) == "val_a_mae"
+    assert tuning.resolve_objective("val_b_mae_physical", targets, ["point"]) == "val_b_mae_physical"
+    with pytest.raises(ConfigError, match="NLL needs the Gaussian head"):
+        tuning.resolve_objective("val_a_nll", targets, ["gaussian", "point"])
+    with pytest.raises(ConfigError, match=r"unknown objective 'val_c_mae'.*choose from val_loss"):
+        tuning.resolve_objective("val_c_mae", targets, ["gaussian"])
+
+
+def test_tuning_metrics_name_every_target():
+    stats = {"a": {"mean": 0.0, "std": 2.0}, "b": {"mean": 1.0, "std": 0.5}}
+    # One output: Keras logs val_mae / val_loss without the target's name.
+    single = tuning.add_tuning_metrics({"val_mae": 0.3, "val_loss": 1.2}, ["a"], "gaussian", stats)
+    assert single["val_a_mae"] == 0.3
+    assert single["val_a_mae_physical"] == pytest.approx(0.6)
+    assert single["val_a_nll"] == pytest.approx(1.2 + math.log(2.0))  # standardised -> physical
+    several = tuning.add_tuning_metrics(
+        {"val_loss": 3.0, "val_a_mae": 0.2, "val_b_mae": 0.4, "val_a_loss": 1.0, "val_b_loss": 2.0},
+        ["a", "b"], "point", stats,
+    )
+    assert several["val_mae"] == pytest.approx(0.3)
+    assert several["val_b_mae_physical"] == pytest.approx(0.2)
+    assert "val_a_nll" not in several  # no NLL for point predictions
+
+
+def test_best_epoch_metrics_takes_the_lowest_objective():
+    history = {"loss": [3, 2, 1], "val_x": [0.5, 0.2, 0.4], "val_y": [1.0, 2.0, 3.0]}
+    out = tuning.best_epoch_metrics(history, "val_x", seconds=4.5)
+    assert out == {"val_x": 0.2, "val_y": 2.0, "seconds": 4.5, "epochs": 3.0, "best_epoch": 2.0}
+    with pytest.raises(ConfigError, match="objective val_z was not logged"):
+        tuning.best_epoch_metrics(history, "val_z", 1.0)
+
+
+# --- hypermodels -------------------------------------------------------------------------------
+
+
+def test_hypermodel_defaults_and_fixed_overrides(data_dir):
+    base, _ = tuning.resolve_search(data_dir, model="cnn", overrides={
+        **OVERRIDES, "model.normalization": "none", "model.crop": None})
+    hypermodel = tuning.build_hypermodel(base)
+    assert isinstance(hypermodel, tuning.CNNHyperModel)
+    assert hypermodel.objective == f"val_{TARGET}_mae"  # head is searched: MAE
+
+    # No search: every hyperparameter takes its default.
+    hp = keras_tuner.HyperParameters()
+    defaults = hypermodel.declare(hp)
+    assert defaults["depth"] == 3 and defaults["width"] == 32 and defaults["head"] == "gaussian"
+    config = hypermodel.trial_config(defaults)
+    assert config["model"]["options"]["blocks"] == 3
+    assert config["training"]["learning_rate"] == pytest.approx(1e-3)
+    assert config["training"]["epochs"] == 30 and config["training"]["batch_size"] == 64
+
+    # hp.Fixed set beforehand wins over the space.
+    fixed = keras_tuner.HyperParameters()
+    fixed.Fixed("depth", 2)
+    fixed.Fixed("width", 4)
+    fixed.Fixed("head", "point")
+    fixed.Fixed("batch_size", 8)
+    fixed.Fixed("learning_rate", 5e-3)
+    model = hypermodel.build(fixed)
+    convs = [layer for layer in model.layers if layer.name.endswith("_conv0")]
+    assert [layer.filters for layer in convs] == [4, 8]  # two blocks, width 4 then 8
+    assert tuple(model.get_layer(TARGET).output.shape) == (None, 1)  # point head
+    # Compiled as `deeplense train` would: AdamW on the warm-up + cosine schedule, whose peak
+    # is the trial's rate and whose length is its epochs x (40 examples // batch 8) steps.
+    schedule = model.optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["peak_learning_rate"] == pytest.approx(5e-3)
+    assert schedule["total_steps"] == 30 * 5
+    assert model.optimizer.get_config()["weight_decay"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(tuning.HYPERMODELS))
+def test_every_family_default_trial_is_a_valid_config(family, data_dir):
+    base, space = tuning.resolve_search(data_dir, model=family, overrides=OVERRIDES)
+    hypermodel = tuning.build_hypermodel(base, space)
+    config = hypermodel.trial_config(hypermodel.declare(keras_tuner.HyperParameters()))
+    assert config["model"]["name"] == family
+    assert load_config(overrides=config) == config
+
+
+def test_tuner_factory(tmp_path, data_dir):
+    base, space = tuning.resolve_search(data_dir, space=TINY, overrides=OVERRIDES)
+    hypermodel = tuning.build_hypermodel(base, space)
+    oracles = {}
+    for kind in tuning.TUNERS:
+        tuner = tuning.make_tuner(kind, hypermodel, tmp_path / kind, max_trials=3, max_epochs=2)
+        oracles[kind] = type(tuner.oracle).__name__
+        assert tuner.oracle.objective.name == f"val_{TARGET}_nll"
+        assert tuner.oracle.max_trials == 3
+    assert oracles == {"random": "RandomSearchOracle", "hyperband": "HyperbandOracle",
+                       "bayesian": "BayesianOptimizationOracle"}
+    with pytest.raises(ConfigError, match="unknown tuner 'grid'"):
+        tuning.make_tuner("grid", hypermodel, tmp_path, max_trials=1)
+
+
+# --- searches ----------------------------------------------------------------------------------
+
+
+def test_two_trial_search_then_resume(tmp_path, data_dir):
+    from deeplense_tf.cli import main
+
+    out = tmp_path / "search"
+    args = ["tune", "--data", str(data_dir), "--out", str(out), "--space", str(TINY),
+            "--set", f"data.targets=[{TARGET}]", "--seed", "3"]
+    code, printed = quiet(main, args + ["--max-trials", "2"])
+    assert code == 0, printed
+    assert f"wrote {out / 'best_config.yaml'}" in printed
+
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["trial_id"]) == [0, 1]
+    assert set(table["status"]) == {"COMPLETED"}
+    assert {"score", "seconds", "width", "learning_rate", "head", f"val_{TARGET}_mae"} <= set(table.columns)
+    assert (table["seconds"] > 0).all()
+    assert np.isfinite(table["score"]).all()
+    assert ((table["learning_rate"] >= 1e-3) & (table["learning_rate"] <= 1e-2)).all()
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The best trial as an experiment config that `deeplense train --config` takes unchanged.
+    best = table.loc[table["score"].idxmin()]
+    config = load_config(out / "best_config.yaml")
+    assert config["model"]["options"]["width"] == best["width"]
+    assert config["training"]["learning_rate"] == pytest.approx(best["learning_rate"])
+    assert config["model"]["name"] == "cnn" and config["seed"] == 3
+    assert config["data"]["path"] == str(Path(data_dir).resolve())
+    assert config["data"]["targets"] == [TARGET]
+    assert config["training"]["steps_per_epoch"] == 2  # from the space's config section
+
+    # Resume asking for three: one new trial, the first two untouched.
+    before = {p: p.stat().st_mtime_ns for p in (out / "search").glob("trial_*/trial.json")}
+    result, printed = quiet(tuning.tune, data_dir, out, space=TINY, max_trials=3, overrides=OVERRIDES,
+                            seed=3, progress=False)
+    assert result.new_trials == 1
+    assert "resuming" in printed and "2 trials finished, 1 to run" in printed
+    assert list(result.table["trial_id"]) == ["0", "1", "2"]
+    for path, mtime in before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
+    pd.testing.assert_series_equal(result.table["score"][:2].astype(float), table["score"].astype(float),
+                                   check_names=False)
+    assert len(pd.read_csv(out / "results.csv")) == 3
+
+    # Nothing left: no trial runs.
+    result, _ = quiet(tuning.tune, data_dir, out, space=TINY, max_trials=3, overrides=OVERRIDES,
+                      seed=3, progress=False)
+    assert result.new_trials == 0
+
+    # Resuming with other settings is refused (they would mix two searches).
+    with pytest.raises(ConfigError, match="holds a search with a different tuner"):
+        tuning.tune(data_dir, out, space=TINY, tuner="bayesian", max_trials=4, overrides=OVERRIDES, seed=3)
+
+
+def test_hyperband_sets_the_epochs(tmp_path, data_dir):
+    """Hyperband's `tuner/epochs` becomes the trial's training.epochs (and the best config's)."""
+    result, _ = quiet(tuning.tune, data_dir, tmp_path / "hb", space=TINY, tuner="hyperband",
+                      max_trials=1, epochs=2, overrides=OVERRIDES, progress=False)
+    assert result.new_trials == 1
+    row = result.table.iloc[0]
+    assert row["tuner/epochs"] == 2 and "epochs" not in result.best_config["model"]["options"]
+    assert result.best_config["training"]["epochs"] == 2
+    assert row["epochs"] == 2  # epochs run
+    assert yaml.safe_load((tmp_path / "hb" / "best_config.yaml").read_text())["training"]["epochs"] == 2
