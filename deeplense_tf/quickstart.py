@@ -160,12 +160,22 @@ def evaluate_step(run_dir: Path, data_dir: Path) -> tuple[dict, bool]:
 
 
 def _entry_point(module: str, name: str):
-    """`module.name` if that part of the package exists yet, else None."""
+    """`module.name` if that part of the package exists, else None.
+
+    Only a missing package or name counts as absent: an import error inside an existing
+    module is a bug and propagates.
+    """
     import importlib
 
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        package = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return None
+        raise
+    try:
+        return getattr(package, name)
+    except AttributeError:
         return None
 
 

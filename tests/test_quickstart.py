@@ -67,3 +67,26 @@ def test_quickstart_smoke_end_to_end(tmp_path, capsys):
     with open(tmp_path / "p.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 and float(rows[0]["log10_m_axion_ev_std"]) > 0
+
+
+def test_missing_export_and_cluster_are_skipped_with_a_note(tmp_path, monkeypatch):
+    import deeplense_tf.quickstart as qs
+
+    monkeypatch.setattr(qs, "_entry_point", lambda module, name: None)
+    summary, status = qs.export_step(tmp_path / "run", tmp_path / "export", smoke=True)
+    assert summary is None and status.startswith("skipped") and "export_run" in status
+    summary, status = qs.cluster_step(tmp_path / "run", tmp_path / "data", tmp_path / "c", smoke=True)
+    assert summary is None and status.startswith("skipped") and "cluster_run" in status
+
+    metrics = {"head": "point", "examples": 4, "targets": {"log10_m_axion_ev": {
+        "overall": {"count": 4, "mae": 0.12, "rmse": 0.2, "r2": 0.9, "bias": 0.0, "median_ae": 0.1},
+        "baseline_mae": 0.5, "binned": []}}}
+    steps = [{"step": "simulate", "status": "reused", "seconds": 0.5, "work_seconds": 100.0, "detail": ""},
+             {"step": "train", "status": "done", "seconds": 200.0, "work_seconds": 200.0, "detail": ""}]
+    path = qs.write_report(tmp_path, manifest={"preset": "deeplense-model-2"}, config={}, metrics=metrics,
+                           steps=steps, export_summary=None, export_status=status.replace("cluster", "export"),
+                           cluster_summary=None, cluster_status=status, smoke=False, wall_seconds=200.5)
+    report = path.read_text()
+    assert "test MAE 0.120 dex** — meets" in report
+    assert "Total time of the steps when they ran: 5.0 min" in report  # 100 s earlier + 200 s now
+    assert "- Clustering: skipped" in report and "- Export (SavedModel for TF Serving, TFLite): skipped" in report

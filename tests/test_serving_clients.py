@@ -18,10 +18,12 @@ from deeplense_tf.serving.status import ServingError
 class _Script:
     """Answers to give, in order (the last one repeats)."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, drop_connections=False):
         self.answers = list(answers)
         self.paths = []
         self.bodies = []
+        # Hang up after each answer without saying so, as servers do with idle connections.
+        self.drop_connections = drop_connections
 
 
 def _server(script: _Script):
@@ -40,6 +42,8 @@ def _server(script: _Script):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+            if script.drop_connections:
+                self.close_connection = True
 
         do_GET = do_POST = _answer
 
@@ -48,7 +52,7 @@ def _server(script: _Script):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
@@ -56,8 +60,8 @@ def _server(script: _Script):
 def fake():
     servers = []
 
-    def start(answers):
-        script = _Script(answers)
+    def start(answers, **options):
+        script = _Script(answers, **options)
         server = _server(script)
         servers.append(server)
         return script, f"http://127.0.0.1:{server.server_address[1]}"
@@ -158,3 +162,13 @@ def test_run_load_counts_answers_errors_and_starts_after_warmup():
     assert result.requests + result.errors == 40 and result.errors == 4
     assert "boom" in result.error_samples[0]
     assert result.throughput > 0 and 1.0 <= result.p50_ms <= result.p99_ms
+
+
+def test_a_dropped_keep_alive_connection_is_reopened_without_using_a_retry(fake):
+    script, url = fake([(200, {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}, 0)],
+        drop_connections=True)
+    client = RestClient(url, retries=0)
+    for _ in range(3):
+        assert client.status()[0]["state"] == "AVAILABLE"
+    assert len(script.paths) == 3

@@ -234,7 +234,7 @@ def test_make_datasets_and_compile_model_for_fit(data_dir, tmp_path):
     model = compile_model(build_model_from_config(config, (16, 16, 1), TARGETS), config, steps_per_epoch=8)
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
     assert isinstance(model.optimizer._learning_rate, WarmupCosineDecay)
-    history = model.fit(train_ds, epochs=1, steps_per_epoch=2, verbose=0)
+    history = model.fit(train_ds, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
     assert {"loss", f"{TARGETS[0]}_mae"} <= set(history.history)
     model.save(tmp_path / "compiled.keras")
     reloaded = keras.saving.load_model(tmp_path / "compiled.keras")  # schedule registered
@@ -582,3 +582,29 @@ def test_fine_tuning_refuses_an_incompatible_run(resumed, other_data_dir, tmp_pa
     })
     with pytest.raises(RunError, match=r"targets \['theta_e_arcsec', 'source_x_arcsec', 'source_y_arcsec'\] there, \['theta_e_arcsec'\] here"):
         quiet_train(config, tmp_path / "bad2")
+
+
+def test_train_command_options(resumed):
+    import argparse
+
+    from deeplense_tf.training import commands
+
+    parser = argparse.ArgumentParser()
+    commands.add_arguments(parser)
+    args = parser.parse_args(["--data", "new", "--out", "ft", "--init-from", str(resumed["out"]),
+                              "--freeze-encoder-epochs", "2", "--set", "training.learning_rate=1e-4",
+                              "--set", "data.augment=exact"])
+    overrides = commands.build_overrides(args)
+    # Fine-tuning without --config takes the model settings and targets of the source run.
+    assert overrides["model"] == resumed["config"]["model"]
+    assert overrides["data.targets"] == TARGETS
+    config = load_config(args.config, overrides)
+    assert config["training"]["freeze_encoder_epochs"] == 2 and config["data"]["path"] == "new"
+    assert config["training"]["learning_rate"] == pytest.approx(1e-4) and config["data"]["augment"] == "exact"
+    args = parser.parse_args(["--out", "x", "--model", "vit", "--config", "smoke", "--epochs", "7"])
+    config = load_config(args.config, commands.build_overrides(args))
+    assert config["model"]["name"] == "vit" and config["training"]["epochs"] == 2  # smoke caps it
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        commands.parse_set_options(["training.epochs"])
+    with pytest.raises(ConfigError, match="no data set: give --data DIR"):
+        commands.run(parser.parse_args(["--out", "x"]))

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from data_fixtures import write_dataset
 
 WORKER = r"""
 import sys
 import numpy as np
+import pytest
 from deeplense_tf.training import load_config, train
 
 data, out, weights_path = sys.argv[1:4]
@@ -87,3 +89,41 @@ def test_two_workers_train_to_identical_weights(tmp_path):
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert json.loads((out / "metrics.json").read_text())["replicas"] == 2
+
+
+MIRRORED = r"""
+import sys
+import tensorflow as tf
+
+# Two logical CPU devices stand in for two GPUs (must be set before TensorFlow starts).
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from deeplense_tf.training import load_config, train, trainer
+
+trainer._STRATEGY_CACHE["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+data, out = sys.argv[1:3]
+config = load_config(overrides={
+    "data.path": data, "data.targets": ["theta_e_arcsec"],
+    "model.name": "cnn", "model.normalization": "none", "model.crop": None,
+    "model.options": {"width": 4, "blocks": 2, "convs_per_block": 1},
+    "training.strategy": "mirrored", "training.epochs": 2, "training.batch_size": 8,
+    "training.bn_recalibration_batches": 2,
+})
+run = train(config, out, progress=False)
+print("replicas", run.path, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_local_devices(tmp_path):
+    """Two replicas in one process: BatchNorm updates in replica context, statistics synced."""
+    data = write_dataset(tmp_path / "data", counts={"train": 32, "val": 8, "test": 8})
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED, str(data), str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 replica(s)" in result.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["replicas"] == 2

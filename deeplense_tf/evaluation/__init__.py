@@ -1,0 +1,49 @@
+"""Evaluation of trained runs: metrics, plots, reports, `deeplense evaluate` and `predict`.
+
+    from deeplense_tf.evaluation import evaluate_command, regression_metrics
+    metrics = evaluate_command("runs/resnet", "data/model2", tta=True)   # writes runs/resnet/eval
+    regression_metrics(y_true, y_pred, y_std)   # MAE, RMSE, R², bias, median AE, coverage, NLL
+
+Modules: `metrics` (pure numpy, physical units), `plots` (one PNG per target: predicted
+vs true, residuals vs true, calibration), `report` (evaluate a run on `Examples`, write
+metrics.json / predictions.csv / plots, text and Markdown tables), `commands`
+(`deeplense evaluate`), `predict_command` (`deeplense predict`).
+
+Names load lazily, so importing this package does not import TensorFlow or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "COVERAGE_LEVELS": "metrics",
+    "DEFAULT_BINS": "metrics",
+    "binned_metrics": "metrics",
+    "coverage": "metrics",
+    "coverage_curve": "metrics",
+    "evaluate_target": "metrics",
+    "gaussian_metrics": "metrics",
+    "gaussian_nll": "metrics",
+    "point_metrics": "metrics",
+    "regression_metrics": "metrics",
+    "plot_target": "plots",
+    "evaluate_run": "report",
+    "format_table": "report",
+    "markdown_table": "report",
+    "write_evaluation": "report",
+    "evaluate_command": "commands",
+    "predict_inputs": "predict_command",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -200,19 +200,21 @@ class RestClient:
             raise ServingError("INTERNAL", f"answer from {self.url}{path} is not JSON: "
                                            f"{data[:200]!r}") from None
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it was used before (kept alive)."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+        if conn is not None:
+            return conn, True
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self.timeout)
+        self._local.conn = conn
+        return conn, False
 
     def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         attempt = 0
         while True:
-            conn = self._connection()
+            conn, reused = self._connection()
             try:
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
@@ -224,8 +226,11 @@ class RestClient:
                 raise ServingError("DEADLINE_EXCEEDED",
                                    f"no answer from {self.url}{path} within {self.timeout:g} s") from None
             except (OSError, http.client.HTTPException) as err:
-                # Refused (server starting), or a kept-alive connection the server closed.
                 self.close()
+                if reused and isinstance(err, (ConnectionError, http.client.RemoteDisconnected)):
+                    # The server dropped an idle kept-alive connection: not a failed attempt.
+                    continue
+                # Refused (server starting or gone): retry with back-off.
                 if attempt < self.retries:
                     time.sleep(self.backoff_s * 2**attempt)
                     attempt += 1
