@@ -13,7 +13,7 @@ function, so the REST and gRPC rows of the serving benchmark plug in the same wa
 
 Usage:
     python benchmarks/bench_latency.py                       # untrained resnet (the default config's model), 64x64
-    python benchmarks/bench_latency.py --model cnn --image-size 64
+    python benchmarks/bench_latency.py --options '{"width": 16}'   # the quickstart's resnet-18
     python benchmarks/bench_latency.py --run RUN             # a trained run (its test images when available)
     python benchmarks/bench_latency.py --json out.json --variants fp32,int8 --seconds 1
 
@@ -194,12 +194,13 @@ def _model_and_images(args):
     shape = (args.image_size, args.image_size, 1)
     crop = args.crop if args.crop and args.crop < args.image_size else None
     targets = ["log10_m_axion_ev"]
-    model = build_model(args.model, shape, targets, head="gaussian", crop=crop)
+    model = build_model(args.model, shape, targets, head="gaussian", crop=crop, **json.loads(args.options))
     spec = ExportSpec(args.model, tuple(targets), "gaussian", shape,
                       {"log10_m_axion_ev": {"mean": -23.0, "std": 0.58}})
     rng = np.random.default_rng(0)
     images = rng.gamma(0.5, 1.0, size=(64, *shape)).astype(np.float32)
-    return model, spec, images, images, f"untrained {args.model}, {shape[0]}x{shape[1]} px, crop {crop}"
+    return model, spec, images, images, (f"untrained {args.model} {args.options}, "
+                                         f"{shape[0]}x{shape[1]} px, crop {crop}")
 
 
 def main(argv=None) -> int:
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="resnet", help="architecture when no --run (default: resnet)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side when no --run")
     parser.add_argument("--crop", type=int, default=48, help="centre crop when no --run (default 48)")
+    parser.add_argument("--options", default="{}",
+                        help='builder options as JSON when no --run, e.g. \'{"width": 16}\' (the quickstart resnet)')
     parser.add_argument("--variants", default="all", help="TFLite variants (default: all)")
     parser.add_argument("--seconds", type=float, default=1.5, help="time budget per row and batch size")
     parser.add_argument("--json", help="also write the results here")

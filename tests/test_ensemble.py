@@ -21,7 +21,11 @@ from data_fixtures import write_dataset
 
 from deeplense_tf.errors import RunError
 from deeplense_tf.training.config import load_config, save_config
-from deeplense_tf.training.ensemble import GaussianMixtureCombine, build_ensemble_model, ensemble_runs
+from deeplense_tf.training.ensemble import (
+    GaussianMixtureCombine,
+    build_ensemble_model,
+    ensemble_runs,
+)
 from deeplense_tf.training.run import Run
 
 TARGETS = ["theta_e_arcsec", "source_x_arcsec"]

@@ -283,15 +283,35 @@ def test_tflite_variant_runs_in_litert_with_builtins_and_is_close(exported, run,
         assert any(op in ops for op in ("QUANTIZE", "DEQUANTIZE"))
 
 
-def test_unrolled_copy_turns_a_while_loop_lstm_into_builtins(tmp_path):
+def test_conversion_copy_unrolls_lstms(tmp_path):
     inputs = keras.Input((6, 3), name="image")
     hidden = keras.layers.Bidirectional(keras.layers.LSTM(4, unroll=False, name="lstm"), name="bi")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
     assert tflite_lib.needs_unroll(model) == ["forward_lstm", "backward_lstm"]
-    copy = tflite_lib.unrolled_copy(model)
+    copy = tflite_lib.conversion_copy(model)
     assert tflite_lib.needs_unroll(copy) == []
     x = np.random.default_rng(0).normal(size=(3, 6, 3)).astype(np.float32)
     np.testing.assert_allclose(copy(x), model(x), atol=1e-6)
+
+
+def test_mixed_precision_run_converts_through_a_float32_copy(tmp_path, data_dir):
+    """float16 Conv2D/Relu are not TFLite builtins: a mixed-precision run still converts."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("cnn", (SIZE, SIZE, 1), TARGETS, crop=None, width=4, blocks=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert tflite_lib.reduced_precision_layers(model)
+    run_dir = make_run(tmp_path / "mixed", data_dir, model=model)
+    paths = exporter.export_run(run_dir, tmp_path / "serving", tflite="fp32", on_device=True,
+                                train_batch_size=2, progress=False)
+    checks = json.loads(paths["report"].read_text())["checks"]
+    assert "float32 copy" in checks["tflite_converted_from"]
+    assert max(checks["saved_model"]["max_scaled_diff"].values()) <= 1e-5  # the mixed model itself
+    assert max(checks["tflite"]["fp32"]["max_scaled_diff"].values()) <= 1e-4
+    assert max(checks["on_device"]["max_scaled_diff"].values()) <= 1e-4
+    for path in (paths["tflite_fp32"], paths["on_device"]):
+        assert not any(op.startswith("Flex") or op == "CUSTOM" for op in builtin_op_names(path))
 
 
 def test_parse_variants():

@@ -139,13 +139,25 @@ def test_builds_and_trains_one_step(name, head, efficientnet_models):
 def test_keras_and_config_roundtrip(name, efficientnet_models, tmp_path):
     head = "gaussian" if name in ("cnn", "efficientnet", "cnn_lstm") else "point"
     model = _model(name, head, efficientnet_models)
-    images = _images()
+    images, targets = _images(), _targets()
     # One eager training step moves the BatchNorm statistics off their initial values,
-    # so a reload that lost them would show.
-    model.compile(optimizer="sgd", loss=make_losses(head, TARGETS), run_eagerly=True)
-    model.train_on_batch(images, _targets())
+    # so a reload that lost them would show. Compiled with our losses and metrics: a
+    # saved model.keras must come back compiled with them.
+    model.compile(
+        optimizer="sgd",
+        loss=make_losses(head, TARGETS),
+        metrics=make_metrics(head, TARGETS),
+        run_eagerly=True,
+    )
+    model.train_on_batch(images, targets)
     reloaded = assert_keras_roundtrip(model, images, tmp_path, atol=1e-6)
     assert reloaded.get_layer("embedding") is not None
+    loss_type = GaussianNLL if head == "gaussian" else keras.losses.Huber
+    assert all(isinstance(reloaded.loss[t], loss_type) for t in TARGETS)
+    expected = model.evaluate(images, targets, verbose=0, return_dict=True)
+    got = reloaded.evaluate(images, targets, verbose=0, return_dict=True)
+    assert set(got) == set(expected) and f"{TARGETS[1]}_mae" in got
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
     assert_config_roundtrip(model, images, atol=1e-6)
 
 

@@ -173,3 +173,17 @@ def test_fast_path_leaves_odd_bodies_to_json_for_its_messages(text, fragment):
     with pytest.raises(ServingError) as info:
         request_inputs(parse_predict_body(text), spec)
     assert fragment in info.value.message
+
+
+@pytest.mark.parametrize("text", [
+    b'{"instances": [[1, 2], [3, 4x]]}', b'{"instances": [[1, 2], [3, -]]}',
+    b'{"instances": [[1, 2], [, 4]]}', b'{"instances": [[], []]}', b'{"inputs": [[1], [2 3]]}',
+    b'{"inputs": [[1], [2 .5]]}', b'{"inputs": [[1], [2e]]}',
+])
+def test_fast_path_never_invents_numbers(text):
+    # Whatever numpy's reader does with these, they are left to the JSON path.
+    try:
+        request = parse_predict_body(text)
+    except ServingError:
+        return
+    assert request.numeric is None

@@ -306,3 +306,22 @@ def test_hyperband_sets_the_epochs(tmp_path, data_dir):
     assert result.best_config["training"]["epochs"] == 2
     assert row["epochs"] == 2  # epochs run
     assert yaml.safe_load((tmp_path / "hb" / "best_config.yaml").read_text())["training"]["epochs"] == 2
+
+
+def test_failing_trials_end_the_search_with_the_cause(tmp_path, data_dir, monkeypatch):
+    from deeplense_tf.errors import DataError
+
+    def broken_fit(self, hp, model, *args, **kwargs):
+        raise DataError("shard train-00000 is truncated")
+
+    monkeypatch.setattr(tuning.DeepLenseHyperModel, "fit", broken_fit)
+    with pytest.raises(ConfigError, match="three trials in a row failed, the last with: .*shard train-00000 is truncated"):
+        quiet(tuning.tune, data_dir, tmp_path / "s", space=TINY, max_trials=5, overrides=OVERRIDES, progress=False)
+
+
+def test_bad_default_option_fails_before_any_trial(tmp_path, data_dir):
+    space = tmp_path / "zero.yaml"
+    space.write_text("model: cnn\nhyperparameters:\n  width: {values: [0, 4]}\n")
+    with pytest.raises(ConfigError, match="option width=0 must be a positive integer"):
+        tuning.tune(data_dir, tmp_path / "s", space=space, max_trials=1,
+                    overrides={**OVERRIDES, "model.crop": None})

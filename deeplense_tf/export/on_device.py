@@ -137,7 +137,7 @@ def build_module(model, spec: ExportSpec, *, train_batch_size: int = 16, point_l
     """
     import tensorflow as tf
 
-    from deeplense_tf.export.tflite import unrolled_copy
+    from deeplense_tf.export.tflite import conversion_copy
 
     if train_batch_size < 1:
         raise ExportError(f"on-device training batch size must be >= 1, got {train_batch_size}")
@@ -147,7 +147,7 @@ def build_module(model, spec: ExportSpec, *, train_batch_size: int = 16, point_l
     if clash:
         raise ExportError(f"on-device training: a target may not be named {sorted(clash)[0]!r}")
 
-    model = unrolled_copy(model)
+    model = conversion_copy(model)
     heads = head_parameters(model, spec)
     encode, index = _frozen_features(model, spec, heads)
 

@@ -45,6 +45,7 @@ SIGNATURE = "serving_default"
 FP32_TOLERANCE = 1e-4
 
 _RNN_CLASSES = ("LSTM", "GRU", "SimpleRNN")
+_HALF_DTYPES = ("float16", "bfloat16")
 
 
 def parse_variants(value) -> tuple[str, ...]:
@@ -90,39 +91,70 @@ def needs_unroll(model) -> list[str]:
     return found
 
 
-def unrolled_copy(model):
-    """A copy of `model` with every LSTM/GRU/SimpleRNN unrolled (same weights, same outputs).
+def reduced_precision_layers(model) -> list[str]:
+    """Names of layers computing in float16/bfloat16 (a `training.mixed_precision` run)."""
+    found = []
 
-    A recurrent layer with a dynamic batch converts to builtins only when unrolled, and
-    full-int8 calibration of a `While` loop crashes the converter, so conversion uses
-    this copy. Models whose recurrent layers are already unrolled are returned as is.
+    def visit(layer):
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and getattr(policy, "compute_dtype", "float32") in _HALF_DTYPES:
+            found.append(layer.name)
+        for child in getattr(layer, "layers", []) or []:
+            visit(child)
+        for attr in ("layer", "forward_layer", "backward_layer"):
+            inner = getattr(layer, attr, None)
+            if inner is not None and inner is not layer:
+                visit(inner)
+
+    visit(model)
+    return found
+
+
+def conversion_copy(model):
+    """`model` as TFLite can take it: float32 compute everywhere, recurrent layers unrolled.
+
+    Same weights and, up to float rounding, the same outputs. A recurrent layer with a
+    dynamic batch converts to builtins only when unrolled (and full-int8 calibration of
+    its `While` loop crashes the converter); float16 Conv2D, Relu ... of a
+    mixed-precision model are not TFLite builtins (TFLite's fp16 means fp16 *weights*,
+    the `fp16` variant). A model needing neither change is returned as is.
     """
-    if not needs_unroll(model):
+    if not needs_unroll(model) and not reduced_precision_layers(model):
         return model
     import keras
 
-    def unroll(config):
+    def rewrite(config):
         if isinstance(config, dict):
-            if config.get("class_name") in _RNN_CLASSES and isinstance(config.get("config"), dict):
-                config["config"]["unroll"] = True
+            inner = config.get("config")
+            kind = config.get("class_name")
+            if kind in _RNN_CLASSES and isinstance(inner, dict):
+                inner["unroll"] = True
+            if kind in ("DTypePolicy", "FloatDTypePolicy") and isinstance(inner, dict) and str(
+                inner.get("name", "")
+            ).startswith("mixed_"):
+                inner["name"] = "float32"
+            if kind == "__keras_tensor__" and isinstance(inner, dict) and inner.get("dtype") in _HALF_DTYPES:
+                inner["dtype"] = "float32"
             for value in config.values():
-                unroll(value)
+                rewrite(value)
         elif isinstance(config, list):
             for value in config:
-                unroll(value)
+                rewrite(value)
         return config
 
-    config = unroll(keras.saving.serialize_keras_object(model))
-    copy = keras.saving.deserialize_keras_object(config)
+    copy = keras.saving.deserialize_keras_object(rewrite(keras.saving.serialize_keras_object(model)))
     copy.set_weights(model.get_weights())
     return copy
 
 
 def write_conversion_savedmodel(model, spec: ExportSpec, path) -> Path:
-    """SavedModel with only `serving_default`, without the in-graph checks, for the converter."""
+    """SavedModel with only `serving_default`, without the in-graph checks, for the converter.
+
+    `model` should be a `conversion_copy`.
+    """
     from deeplense_tf.export.savedmodel import build_archive
 
-    archive = build_archive(unrolled_copy(model), spec, validate=False, embed=False)
+    archive = build_archive(model, spec, validate=False, embed=False)
     archive.write_out(os.fspath(path), verbose=False)
     return Path(path)
 
@@ -252,10 +284,13 @@ def export_tflite(
 ) -> dict[str, dict]:
     """Write `out_dir/model_<variant>.tflite` for each variant and verify each one.
 
+    The files are compared with the model they were converted from, `conversion_copy(model)`
+    (the model itself unless it computes in mixed precision or has rolled-up LSTMs).
     Returns `{variant: report}` (see `verify_variant`; "path" added). `progress`, if
     given, is called with a short description before each step.
     """
     variants = parse_variants(list(variants))
+    model = conversion_copy(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if verify_images is None:

@@ -298,6 +298,7 @@ class FoldedTimeDistributed(keras.layers.TimeDistributed):
         steps, frame = inputs.shape[1], tuple(inputs.shape[2:])
         if steps is None or None in frame:
             return super().call(inputs, training=training, mask=mask)
-        kwargs = {"training": training} if self.layer._call_has_training_arg else {}
+        takes_training = getattr(self.layer, "_call_has_training_arg", True)
+        kwargs = {"training": training} if takes_training else {}
         outputs = self.layer(tf.reshape(inputs, (-1, *frame)), **kwargs)
         return tf.reshape(outputs, (-1, steps, *outputs.shape[1:]))

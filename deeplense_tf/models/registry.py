@@ -133,8 +133,8 @@ def build_model(
         raise ConfigError(
             f"unknown option {unknown[0]!r} for model {name!r}; allowed: {', '.join(sorted(allowed))}"
         )
-    dropout = float(options.pop("dropout", COMMON_OPTIONS["dropout"]))
-    if not 0.0 <= dropout < 1.0:
+    dropout = options.pop("dropout", COMMON_OPTIONS["dropout"])
+    if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model {name!r}: dropout must be in [0, 1), got {dropout}")
 
     image = keras.Input(shape=shape, name="image")

@@ -149,17 +149,13 @@ def _is_named_object(value) -> bool:
 # Requests: JSON -> numpy
 
 
-def parse_predict_body(body: bytes, parse_numbers=None) -> PredictRequestJson:
+def parse_predict_body(body: bytes) -> PredictRequestJson:
     """Parses a ``:predict`` body (bytes) into a `PredictRequestJson`.
 
     Raises `ServingError` (INVALID_ARGUMENT) with TF Serving's messages for an
     empty body, malformed JSON, a non-object document or a non-string signature_name.
-
-    `parse_numbers(text: bytes) -> float64 array` reads the whitespace-separated
-    numbers of the fast path (default: numpy); the server passes one that runs
-    outside the GIL.
     """
-    fast = _fast_numeric(body, parse_numbers or _numpy_numbers)
+    fast = _fast_numeric(body)
     if fast is not None:
         signature, key, array = fast
         return PredictRequestJson(body=body, signature_name=signature, strict=False,
@@ -194,9 +190,10 @@ def _load_object(body: bytes) -> dict:
 
 
 # -- fast path for the usual body: one regular nested list of numbers.
-# json.loads spends ~1 us per number building Python floats and lists while holding
-# the GIL; a 64x64 image is 4096 of them. Here the list's structure is checked with
-# bytes operations and the numbers are read in one call.
+# json.loads builds a Python float and list per pixel and numpy then walks those lists
+# again; for a 64x64 image that is most of a REST request's cost. Here the list's
+# structure is checked with bytes operations and the numbers are read by numpy in one
+# call (about 1.6x faster than json.loads + np.asarray).
 _FAST_BODY = re.compile(
     rb'\s*\{\s*(?:"signature_name"\s*:\s*"(?P<sig1>[A-Za-z0-9_./-]*)"\s*,\s*)?'
     rb'"(?P<key>instances|inputs)"\s*:\s*(?P<value>\[[-0-9eE.+,\s\[\]NaInfity]*\])\s*'
@@ -207,9 +204,14 @@ _NUMBER_CHARS = b"0123456789eE.+-NaInfity"
 _SEPARATORS_TO_SPACE = bytes.maketrans(b"[],", b"   ")
 
 
-def _numpy_numbers(text: bytes) -> np.ndarray:
-    # (np.fromstring would be faster but reads "" as [-1.0] and stops quietly at bad tokens.)
-    return np.array(text.split(), dtype=np.bytes_).astype(np.float64)
+def _read_numbers(text: bytes) -> np.ndarray:
+    """Whitespace-separated numbers (NaN, Infinity too) as float64.
+
+    np.fromstring stops quietly at a token it cannot read and reads "" as [-1.0];
+    callers compare the count with the slots of the checked list structure, which
+    has no empty list, so both come out as a count mismatch.
+    """
+    return np.fromstring(text, dtype=np.float64, sep=" ")
 
 
 def _structure_of(shape: tuple[int, ...]) -> bytes:
@@ -240,20 +242,23 @@ def _regular_shape(structure: bytes) -> tuple[int, ...] | None:
     return shape if _structure_of(shape) == structure else None
 
 
-def _fast_numeric(body: bytes, parse_numbers) -> tuple[str, str, np.ndarray] | None:
+def _fast_numeric(body: bytes) -> tuple[str, str, np.ndarray] | None:
     """(signature, key, float64 array) for a plain numeric body, None to take the JSON path."""
     match = _FAST_BODY.fullmatch(body)
     if match is None or (match["sig1"] is not None and match["sig2"] is not None):
         return None
     compact = match["value"].translate(None, _WHITESPACE)
+    if b"[]" in compact:  # empty lists: TF Serving's own messages explain those
+        return None
     shape = _regular_shape(compact.translate(None, _NUMBER_CHARS))
-    if shape is None or 0 in shape:
+    if shape is None:
         return None
     try:
-        numbers = parse_numbers(compact.translate(_SEPARATORS_TO_SPACE))
-    except Exception:  # noqa: BLE001 - any token it cannot read: let json.loads explain
+        # From the text with its whitespace: "[2 3]" must read as two tokens, not 23.
+        numbers = _read_numbers(match["value"].translate(_SEPARATORS_TO_SPACE))
+    except ValueError:
         return None
-    if numbers.size != int(np.prod(shape)):  # an empty slot such as "[1,,2]"
+    if numbers.size != int(np.prod(shape)):  # an unreadable token, or an empty slot "[1,,2]"
         return None
     signature = (match["sig1"] or match["sig2"] or b"").decode()
     return signature, match["key"].decode(), numbers.reshape(shape)

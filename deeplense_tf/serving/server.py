@@ -65,8 +65,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20  # 32 MiB: ~400 64x64 images as JSON
 _MAX_SCHEDULERS = 32  # per version; distinct input shapes beyond this run unbatched
-_DRAIN_LIMIT = 64 * 2**20
-_TF_PARSE_MIN_BYTES = 16 * 1024  # bodies' numbers from this size on are parsed by TF ops  # an oversized body is read (and dropped) up to this, then cut off
+_DRAIN_LIMIT = 64 * 2**20  # an oversized body is read (and dropped) up to this, then cut off
 
 # TF Serving's URL grammar (http_rest_api_util.cc), case-insensitive like its RE2 patterns.
 _PREDICT_RE = re.compile(
@@ -638,34 +637,11 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode("utf-8")
 
 
-def _tf_number_parser():
-    """Reads whitespace-separated numbers with TensorFlow ops, which release the GIL.
-
-    Parsing the numbers of a JSON body is the largest cost of a REST request; done
-    by TF kernels, request threads parse in parallel instead of taking turns.
-    """
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-    def parse(text):
-        return tf.strings.to_number(tf.strings.split(text), tf.float64)
-
-    parse(tf.constant(b"0"))  # trace now, not on the first request
-
-    def parse_numbers(text: bytes) -> np.ndarray:
-        if len(text) < _TF_PARSE_MIN_BYTES:  # a TF call costs more than numpy on small bodies
-            return np.array(text.split(), dtype=np.bytes_).astype(np.float64)
-        return parse(tf.constant(text)).numpy()
-
-    return parse_numbers
-
-
 class RestApi:
     """TF Serving's REST API over a `ModelStore`, without any socket code."""
 
     def __init__(self, store: ModelStore):
         self.store = store
-        self._parse_numbers = _tf_number_parser()
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         """Answers one request: (HTTP status, JSON body). Never raises."""
@@ -698,7 +674,7 @@ class RestApi:
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _predict(self, name, version, label, verb, body) -> bytes:
-        request = parse_predict_body(body, self._parse_numbers)
+        request = parse_predict_body(body)
         servable = self.store.servable(name, version, label)
         sig_name = request.signature_name or DEFAULT_SIGNATURE
         sig = servable.signatures.get(sig_name)

@@ -168,7 +168,7 @@ class Run:
                 f"[N, {', '.join(str(d) for d in self.input_shape)}]"
                 + (f" ({self.path})" if self.path else "")
             )
-        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        bad = ~np.isfinite(images).all(axis=(1, 2, 3))
         if bad.any():
             raise DataError(
                 f"{int(bad.sum())} image(s) contain NaN or infinite pixels (first: index "

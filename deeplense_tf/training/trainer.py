@@ -852,13 +852,14 @@ class _Trainer:
             if t["init_from"] and t["freeze_encoder_epochs"]:
                 self.log("encoder frozen: training the head only" if frozen else "encoder unfrozen: training all layers")
 
-    def check_finite(self, value: float, step: int):
+    def check_finite(self, value: float, where: str):
+        """TrainingDiverged naming the likely causes unless `value` (a loss) is finite."""
         if math.isfinite(value):
             return
         lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         cause = self._diagnose_nan()
         raise TrainingDiverged(
-            f"training diverged: the loss became {value} at epoch {self.epoch + 1}, step {step} "
+            f"training diverged: the {where} loss became {value} in epoch {self.epoch + 1} "
             f"(learning rate {lr:.3g}). {cause} The run folder keeps the last finished epoch; "
             "fix the config and re-run with --overwrite"
         )
@@ -899,7 +900,7 @@ class _Trainer:
             for step in range(spe):
                 sums = self.train_step(iterator)
                 values = {k: float(v) for k, v in sums.items()}
-                self.check_finite(values["loss"], step + 1)
+                self.check_finite(values["loss"], f"training (step {step + 1})")
                 for k, v in values.items():
                     totals[k] = totals.get(k, 0.0) + v
                 if step == 1:
@@ -946,7 +947,7 @@ class _Trainer:
             val_start = time.perf_counter()
             val_metrics = self.evaluate()
             val_seconds = time.perf_counter() - val_start
-            self.check_finite(val_metrics["val_loss"], self.steps_per_epoch)
+            self.check_finite(val_metrics["val_loss"], "validation")
             timing = self.agree(
                 {
                     "epoch_seconds": time.perf_counter() - epoch_start,

@@ -40,6 +40,7 @@ import difflib
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -617,13 +618,6 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
             )
         return config["training"]["steps_per_epoch"] or self.train_examples // batch
 
-    @staticmethod
-    def _epochs_to_run(config: dict, hp) -> tuple[int, int]:
-        """(epochs, initial_epoch) of this fit: Hyperband continues earlier trials."""
-        values = hp.values
-        initial = int(values.get("tuner/initial_epoch", 0) or 0)
-        return config["training"]["epochs"], initial
-
     # -- KerasTuner hooks -------------------------------------------------------------------
 
     def build(self, hp):
@@ -633,10 +627,11 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         config = self.trial_config({**self.declare(hp), **_tuner_values(hp)})
         keras.utils.set_random_seed(config["seed"])  # every trial starts from the same seed
         model = build_model_from_config(config, self.input_shape, self.targets)
-        epochs, initial = self._epochs_to_run(config, hp)
-        # The cosine schedule spans the epochs this fit runs (Hyperband: the rest of them).
+        # The cosine schedule spans the epochs this fit runs: Hyperband continues a trial
+        # from an earlier one's weights at `tuner/initial_epoch` (with a fresh optimizer).
+        initial = int(hp.values.get("tuner/initial_epoch", 0) or 0)
         schedule_config = copy.deepcopy(config)
-        schedule_config["training"]["epochs"] = max(epochs - initial, 1)
+        schedule_config["training"]["epochs"] = max(config["training"]["epochs"] - initial, 1)
         compile_model(model, schedule_config, self.steps_per_epoch(config))
         return model
 
@@ -921,12 +916,12 @@ def plot_scores(table, objective: str, path) -> Path:
     fig = Figure(figsize=(6.0, 3.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    done = table[np.isfinite(table["score"].to_numpy(dtype=float))] if len(table) else table
-    if len(done):
-        x = np.arange(1, len(table) + 1)[np.isfinite(table["score"].to_numpy(dtype=float))]
-        scores = done["score"].to_numpy(dtype=float)
-        ax.plot(x, scores, "o", label="trial")
-        ax.step(x, np.minimum.accumulate(scores), where="post", label="best so far")
+    scores = table["score"].to_numpy(dtype=float)
+    finished = np.isfinite(scores)  # failed trials have no score
+    if finished.any():
+        x = np.arange(1, len(scores) + 1)[finished]
+        ax.plot(x, scores[finished], "o", label="trial")
+        ax.step(x, np.minimum.accumulate(scores[finished]), where="post", label="best so far")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes)
@@ -1161,6 +1156,7 @@ def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_
     if overwrite and role != "worker":
         for name in (SETTINGS_FILE, RESULTS_FILE, PLOT_FILE, BEST_CONFIG_FILE):
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "logs", ignore_errors=True)
     elif not overwrite:
         _check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -1191,6 +1187,15 @@ def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_
         search.progress_bar = bar
         try:
             search.search(verbose=0, callbacks=callbacks)
+        except RuntimeError as err:
+            if "consecutive failures" not in str(err):
+                raise
+            # KerasTuner stops after three failed trials in a row; its message ends with
+            # the last trial's traceback, whose final line says what went wrong.
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            raise ConfigError(
+                f"{out}: three trials in a row failed, the last with: {lines[-1].strip()}"
+            ) from None
         finally:
             bar.close()
             search.progress_bar = None
