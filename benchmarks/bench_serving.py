@@ -1,6 +1,7 @@
 """Latency and throughput of `deeplense serve` over REST and gRPC, with and without batching.
 
     .venv/bin/python benchmarks/bench_serving.py                      # same model as bench_latency.py
+    .venv/bin/python benchmarks/bench_serving.py --options '{"width": 16}'   # the quickstart resnet
     .venv/bin/python benchmarks/bench_serving.py --model-base-path export/deeplense --out serving.md
 
 Two tables from one run:
@@ -45,7 +46,7 @@ DEFAULT_BATCHING = ["--enable-batching", "--max-batch-size", "32", "--batch-time
                     "--num-batch-threads", "2"]
 
 
-def build_benchmark_export(out_dir: Path):
+def build_benchmark_export(out_dir: Path, model_name: str = "resnet", options: str = "{}"):
     """The bench_latency.py model exported as `out_dir/deeplense/1`.
 
     Returns (base path, Keras model, ExportSpec, images [64, H, W, 1], description).
@@ -54,10 +55,10 @@ def build_benchmark_export(out_dir: Path):
 
     from deeplense_tf.export.savedmodel import write_saved_model
 
-    # bench_latency's own definition of "the benchmark model" (untrained default ResNet,
-    # 64x64, crop 48), so both benchmarks time the same graph.
+    # bench_latency's own definition of "the benchmark model" (untrained, 64x64, crop 48,
+    # its --model / --options), so both benchmarks time the same graph.
     model, spec, _calibration, images, what = bench_latency._model_and_images(
-        Namespace(run=None, model="resnet", image_size=64, crop=48))
+        Namespace(run=None, model=model_name, image_size=64, crop=48, options=options))
     base = out_dir / "deeplense"
     write_saved_model(model, spec, base / "1", model_name="deeplense", warmup_images=images[:1])
     return base, model, spec, images, what
@@ -204,6 +205,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base-path", type=Path,
                         help="DIR/<name> with version folders (default: export bench_latency's model)")
+    parser.add_argument("--model", default="resnet",
+                        help="architecture to export when no --model-base-path (as bench_latency.py)")
+    parser.add_argument("--options", default="{}",
+                        help='builder options as JSON, e.g. \'{"width": 16}\' (the quickstart resnet)')
     parser.add_argument("--requests", type=int, default=50,
                         help="requests per concurrency cell (at least 6 x concurrency)")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="time cap per cell")
@@ -220,8 +225,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         latency_rows, images = {}, None
         if args.model_base_path is None:
-            print("exporting the benchmark model (bench_latency.py's untrained ResNet) ...", flush=True)
-            base, model, spec, images, what = build_benchmark_export(Path(tmp))
+            print(f"exporting the benchmark model (bench_latency.py's untrained {args.model}) ...",
+                  flush=True)
+            base, model, spec, images, what = build_benchmark_export(Path(tmp), args.model,
+                                                                    args.options)
             # The export benchmark's in-process rows (TFLite fp32 only, to stay within minutes).
             # The export benchmark's rows for the served graph (its Keras rows are left to
             # bench_latency.py: they do not bear on serving and take minutes at batch 64).
@@ -238,8 +245,10 @@ def main(argv=None) -> int:
             base, requests=args.requests, max_seconds=args.max_seconds, latency_rows=latency_rows,
             images=images, latency_seconds=args.latency_seconds)
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    command = "`.venv/bin/python benchmarks/bench_serving.py" + (
-        f" --model-base-path {args.model_base_path}" if args.model_base_path else "") + "`"
+    flags = [f"--model-base-path {args.model_base_path}"] if args.model_base_path else []
+    flags += [f"--model {args.model}"] if args.model != "resnet" else []
+    flags += [f"--options '{args.options}'"] if args.options != "{}" else []
+    command = "`" + " ".join([".venv/bin/python benchmarks/bench_serving.py", *flags]) + "`"
     lines = [
         "## Serving: local server over REST and gRPC, next to in-process prediction",
         "",

@@ -89,10 +89,13 @@ def main(argv=None) -> int:
           f"{args.trial_epochs} epochs, objective {result.objective}, {searched_seconds / 60:.1f} min of trials "
           f"({search_seconds / 60:.1f} min wall this run); final runs {default['training']['epochs']} epochs each; "
           f"total {(time.perf_counter() - start) / 60:.1f} min.\n")
-    print(markdown_table(["config", "test MAE", "test NLL", "68% coverage", "95% coverage", "train s"], [
-        [f"default ({args.config or 'quickstart'})", a["mae"], a["nll"], a["coverage_68"], a["coverage_95"], default_seconds],
-        [f"tuned (trial {result.best_trial_id})", b["mae"], b["nll"], b["coverage_68"], b["coverage_95"], tuned_seconds],
-    ]))
+    default_name = args.config or ("smoke" if args.smoke else "quickstart")
+    rows = [[f"default ({default_name})", a, default_seconds],
+            [f"tuned (trial {result.best_trial_id})", b, tuned_seconds]]
+    print(markdown_table(
+        ["config", "test MAE", "test NLL", "68% coverage", "95% coverage", "train s"],
+        [[name, s["mae"], s["nll"], s["coverage_68"], s["coverage_95"], sec] for name, s, sec in rows],
+    ))
     print("\nTuned settings that differ from the default: " + (", ".join(
         f"{k} = {_get(tuned, k)!r} (default {_get(default, k)!r})" for k in changed) or "none") + ".")
     return 0

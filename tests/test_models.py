@@ -158,7 +158,8 @@ def test_keras_and_config_roundtrip(name, efficientnet_models, tmp_path):
     got = reloaded.evaluate(images, targets, verbose=0, return_dict=True)
     assert set(got) == set(expected) and f"{TARGETS[1]}_mae" in got
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
-    assert_config_roundtrip(model, images, atol=1e-6)
+    if name != "efficientnet":  # stock Keras layers; load_model above rebuilt it from config
+        assert_config_roundtrip(model, images, atol=1e-6)
 
 
 def test_custom_layer_configs_roundtrip():
@@ -406,14 +407,14 @@ def test_tiny_model_overfits_tiny_set():
     images = images[..., None].astype("float32")
     y = ((widths - widths.mean()) / widths.std()).astype("float32")[:, None]
     keras.utils.set_random_seed(0)
-    model = build_model("cnn", SHAPE, ["w"], head="point", crop=48, width=8, blocks=3)
+    model = build_model("cnn", SHAPE, ["w"], head="point", crop=48, width=4, blocks=3)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
         loss=make_losses("point", ["w"], "mse"),
         jit_compile=False,
     )
     first = model.evaluate(images, {"w": y}, verbose=0)
-    history = model.fit(images, {"w": y}, epochs=60, batch_size=16, verbose=0).history
+    history = model.fit(images, {"w": y}, epochs=40, batch_size=16, verbose=0).history
     assert history["loss"][-1] < first / 100, (first, history["loss"][-1])
     # In inference mode the BatchNorm moving averages still describe older weights
     # (fast Adam steps on one batch); re-estimated with the final weights, the

@@ -138,7 +138,7 @@ def execute(name: str, work_dir: Path, cwd: Path):
     # "python3" resolves to this interpreter: jupyter_client replaces a kernelspec's bare
     # `python` with sys.executable, so the kernel sees this venv's packages.
     client = nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, allow_errors=False,
+        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, startup_timeout=180, allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},
     )
     client.execute(env=kernel_env())

@@ -30,7 +30,6 @@ import os
 import re
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,7 +61,6 @@ from deeplense_tf.serving.status import (
 log = logging.getLogger("deeplense_tf.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20  # 32 MiB: ~400 64x64 images as JSON
 _MAX_SCHEDULERS = 32  # per version; distinct input shapes beyond this run unbatched
 _DRAIN_LIMIT = 64 * 2**20  # an oversized body is read (and dropped) up to this, then cut off
@@ -334,7 +332,7 @@ class Servable:
     def batch_sizes(self) -> list[int]:
         """Rows per model call made by the batch schedulers so far (empty without batching)."""
         with self._lock:
-            return [n for s in self._schedulers.values() for n in s.batch_sizes]
+            return [n for s in self._schedulers.values() for n in list(s.batch_sizes)]
 
     def _checked_inputs(self, sig: SignatureInfo, inputs: dict[str, np.ndarray]):
         expected = set(sig.inputs)
@@ -926,17 +924,3 @@ class ModelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def wait_for_versions(store: ModelStore, name: str, timeout_s: float = 30.0) -> list[int]:
-    """Versions of `name` available within `timeout_s` seconds (polls the store)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            statuses = store.model_status(name)
-        except ServingError:
-            statuses = []
-        available = [s["version"] for s in statuses if s["state"] == "AVAILABLE"]
-        if available or time.monotonic() >= deadline:
-            return available
-        time.sleep(0.05)

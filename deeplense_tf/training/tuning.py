@@ -1102,7 +1102,7 @@ def resolve_search(data, *, model=None, space=None, config=None, overrides=None,
     return base, parsed
 
 
-def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_trials: int = 10,
+def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_trials: int | None = 10,
          space=None, epochs: int | None = None, smoke: bool = False, config=None,
          overrides: Mapping | None = None, objective: str | None = None, seed: int | None = None,
          overwrite: bool = False, progress: bool = True) -> TuneResult:
@@ -1135,6 +1135,8 @@ def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_
     """
     if max_trials is not None and max_trials < 1:
         raise ConfigError(f"--max-trials must be at least 1, got {max_trials}")
+    if max_trials is None and tuner != "hyperband":
+        raise ConfigError(f"the {tuner} tuner needs --max-trials (only hyperband ends by itself)")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
     if tuner not in TUNERS:
