@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from pathlib import Path
 
@@ -272,6 +273,13 @@ def test_two_trial_search_then_resume(tmp_path, data_dir):
     assert config["data"]["path"] == str(Path(data_dir).resolve())
     assert config["data"]["targets"] == [TARGET]
     assert config["training"]["steps_per_epoch"] == 2  # from the space's config section
+    # ... and training it repeats the trial: same seed, data, schedule, so the same val MAE.
+    from deeplense_tf.training import train
+
+    run, _ = quiet(train, config, tmp_path / "best_run", progress=False)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["validation"]["targets"][TARGET]["mae"] == pytest.approx(
+        best[f"val_{TARGET}_mae_physical"], rel=1e-3)
 
     # Resume asking for three: one new trial, the first two untouched.
     before = {p: p.stat().st_mtime_ns for p in (out / "search").glob("trial_*/trial.json")}

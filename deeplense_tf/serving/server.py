@@ -892,8 +892,14 @@ class ModelServer:
             name="rest-server", daemon=True)
         self._http_thread.start()
         if self.grpc_port is not None:
-            from deeplense_tf.serving.grpc_server import start_grpc_server
-
+            try:
+                from deeplense_tf.serving.grpc_server import start_grpc_server
+            except ImportError as err:
+                self.stop()
+                raise ConfigError(
+                    f"--grpc-port {self.grpc_port}: gRPC needs grpcio and tensorflow-serving-api "
+                    f"({err}); install them (`make install`) or pass --grpc-port -1 for REST only"
+                ) from None
             try:
                 self._grpc, self.grpc_port = start_grpc_server(
                     self.store, self.host, self.grpc_port,

@@ -791,7 +791,8 @@ def build_hypermodel(base_config: dict, space: SearchSpace | None = None,
 
 
 class _DeepLenseTuner:
-    """Mixed into KerasTuner's tuners: records which tuner ran each trial and reports it."""
+    """Mixed into KerasTuner's tuners: records which tuner ran each trial (TRIAL_RECORD_FILE in
+    the trial folder) and prints one line per finished trial."""
 
     progress_bar = None
 
@@ -812,7 +813,7 @@ class _DeepLenseTuner:
             line += f", {objective} {score:.5g}"
         if seconds is not None:
             line += f", {seconds:.1f} s"
-        if trial.status not in ("COMPLETED",) and trial.message:
+        if trial.status != "COMPLETED" and trial.message:
             line += "\n  " + trial.message.strip().splitlines()[-1]
         writer = self.progress_bar.write if self.progress_bar is not None else print
         writer(line)
