@@ -149,6 +149,8 @@ def test_export_writes_tf_serving_layout_and_report(exported, data_dir):
                      "tflite/model_on_device.tflite"):
         assert (version_dir / relative).exists(), relative
     assert_nothing_left(out, {"models.config", "batching_parameters.txt", "deeplense", "deeplense/1"})
+    # As readable as any folder made here (not mkdtemp's private 0700): the server may run as another user.
+    assert version_dir.stat().st_mode & 0o777 == (out / "deeplense").stat().st_mode & 0o777
 
     report = json.loads((version_dir / "export.json").read_text())
     assert report["version"] == 1 and report["targets"] == TARGETS and report["head"] == "gaussian"

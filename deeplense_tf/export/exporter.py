@@ -238,6 +238,9 @@ def export_run(
     version = version or next_version(model_dir)
     final = model_dir / str(version)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_dir))
+    # mkdtemp makes the folder private (0700); the published version must be readable by
+    # the server's user like any folder made here.
+    os.chmod(staging, 0o777 & ~_umask())
     steps = _Steps(
         ["data", "SavedModel", "check SavedModel", *[f"tflite {v}" for v in variants]]
         + (["on-device"] if on_device else []),
@@ -304,6 +307,12 @@ def export_run(
     if on_device:
         paths["on_device"] = final / TFLITE_DIR / on_device_lib.FILENAME
     return paths
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _publish(staging: Path, final: Path, overwrite: bool) -> None:
