@@ -14,13 +14,18 @@ from deeplense_tf.clustering.scores import NOISE, HiddenVariable
 MAX_MONTAGE_CLUSTERS = 12
 
 
-def _pyplot():
+def _figure(rows, cols, figsize, **kwargs):
+    """A figure drawn off-screen: never touches pyplot, so a notebook's backend is left alone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def _colormap(name):
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _point_size(n: int) -> float:
@@ -32,7 +37,7 @@ def _scatter_categorical(ax, coords, codes, names=None, title=""):
     rows = np.isfinite(codes) if codes.dtype.kind == "f" else np.ones(len(codes), bool)
     if (~rows).any():
         ax.scatter(*coords[~rows].T, s=_point_size(len(coords)), c="lightgrey", label="n/a")
-    cmap = _pyplot().get_cmap("tab10" if len(np.unique(codes[rows])) <= 10 else "tab20")
+    cmap = _colormap("tab10" if len(np.unique(codes[rows])) <= 10 else "tab20")
     for i, code in enumerate(np.unique(codes[rows])):
         members = rows & (codes == code)
         if code == NOISE and names is None:
@@ -60,11 +65,10 @@ def _scatter_continuous(ax, fig, coords, values, title=""):
 def plot_maps(coords: np.ndarray, labels: np.ndarray, variables: list[HiddenVariable], path,
               title: str = "") -> str:
     """Panels of the 2-D map `coords` `[N, 2]`: by cluster, then by each hidden variable."""
-    plt = _pyplot()
     panels = 1 + len(variables)
     cols = min(3, panels)
     rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     _scatter_categorical(axes[0, 0], coords, labels, title="clusters")
     for ax, var in zip(axes.flat[1:], variables):
         label = f"{var.group}: {var.name}" if var.group != "class" else "substructure class"
@@ -80,15 +84,13 @@ def plot_maps(coords: np.ndarray, labels: np.ndarray, variables: list[HiddenVari
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def plot_feature_set_maps(maps: dict[str, np.ndarray], colour: HiddenVariable | np.ndarray,
                           path, title: str = "") -> str:
     """One 2-D map per feature set (trained, random weights, raw pixels), same colouring."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
+    fig, axes = _figure(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
     for ax, (name, coords) in zip(axes[0], maps.items()):
         if isinstance(colour, HiddenVariable) and colour.kind == "continuous":
             _scatter_continuous(ax, fig, coords, colour.values, name)
@@ -101,7 +103,6 @@ def plot_feature_set_maps(maps: dict[str, np.ndarray], colour: HiddenVariable | 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
@@ -117,13 +118,12 @@ def plot_montage(images: np.ndarray, labels: np.ndarray, path, per_cluster: int 
                  captions: dict[int, str] | None = None) -> str:
     """Rows of up to `per_cluster` random example images from each of the largest
     `max_clusters` clusters (noise last), each row titled with the cluster's id and size."""
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
     ids, sizes = np.unique(labels, return_counts=True)
     order = sorted(zip(ids.tolist(), sizes.tolist()), key=lambda t: (t[0] == NOISE, -t[1]))
     order = order[:max_clusters]
     cols = max(1, min(per_cluster, max(s for _, s in order)))
-    fig, axes = plt.subplots(len(order), cols, figsize=(1.2 * cols + 1.6, 1.3 * len(order)),
+    fig, axes = _figure(len(order), cols, figsize=(1.2 * cols + 1.6, 1.3 * len(order)),
                              squeeze=False)
     for r, (cluster_id, size) in enumerate(order):
         members = np.flatnonzero(labels == cluster_id)
@@ -142,5 +142,4 @@ def plot_montage(images: np.ndarray, labels: np.ndarray, path, per_cluster: int 
                               fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return str(path)

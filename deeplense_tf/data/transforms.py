@@ -7,6 +7,8 @@ float32 batch; none of them looks at other images in the batch.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 NORMALIZATIONS = ("none", "standardize", "minmax", "asinh", "peak_asinh")
@@ -35,10 +37,19 @@ def minmax(x):
     return (x - lo) / tf.maximum(hi - lo, _EPS)
 
 
+def asinh(z):
+    """asinh in ops TFLite has as builtins (`tf.math.asinh` lowers to a Flex op).
+
+    sign(z) * log(|z| + sqrt(z^2 + 1)) avoids the cancellation of the naive form for z < 0.
+    """
+    a = tf.abs(z)
+    return tf.sign(z) * tf.math.log(a + tf.sqrt(a * a + 1.0))
+
+
 def asinh_stretch(x, softening=0.02):
     """asinh(x / (softening * peak)) / asinh(1 / softening): lifts the faint arcs and tails."""
     scale = softening * tf.maximum(_per_image_max(tf.abs(x)), _EPS)
-    return tf.math.asinh(x / scale) / tf.math.asinh(1.0 / softening)
+    return asinh(x / scale) / math.asinh(1.0 / softening)
 
 
 def peak_asinh(x):

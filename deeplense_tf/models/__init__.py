@@ -1,8 +1,8 @@
 """Models: the name -> builder registry, layers, encoders and heads.
 
     from deeplense_tf.models import build_model, MODEL_NAMES, make_losses
-    model = build_model("resnet", (64, 64, 1), ["log10_m_axion"], crop=48)
-    model.compile("adamw", loss=make_losses("gaussian", ["log10_m_axion"]))
+    model = build_model("resnet", (64, 64, 1), ["log10_m_axion_ev"], crop=48)
+    model.compile("adamw", loss=make_losses("gaussian", ["log10_m_axion_ev"]))
 
 See `registry` for the layer naming rule (`image`, `preprocess`, ..., `embedding`,
 heads) and `heads` for the output conventions.

@@ -9,8 +9,6 @@ log, sqrt ...), so every model built from them converts without Flex ops.
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -18,32 +16,6 @@ import tensorflow as tf
 from deeplense_tf.data import transforms
 
 _PACKAGE = "deeplense"
-
-# `transforms.asinh_stretch` uses the default softening; the test suite checks that
-# this layer reproduces `transforms.normalize_images` for every method.
-_ASINH_SOFTENING = 0.02
-
-
-def _asinh_builtin(z):
-    """asinh written with ops TFLite has as builtins (`tf.math.asinh` lowers to a Flex op).
-
-    sign(z) * log(|z| + sqrt(z^2 + 1)) is exact for the |z| <= 1/softening = 50 that
-    the stretch produces and avoids the cancellation of the naive form for z < 0.
-    """
-    a = tf.abs(z)
-    return tf.sign(z) * tf.math.log(a + tf.sqrt(a * a + 1.0))
-
-
-def _normalize(x, method: str):
-    """`transforms.normalize_images`, with the asinh stretch in builtin-only ops."""
-    if method not in ("asinh", "peak_asinh"):
-        return transforms.normalize_images(x, method)
-    peak = tf.maximum(tf.reduce_max(tf.abs(x), axis=[1, 2, 3], keepdims=True), 1e-8)
-    stretched = _asinh_builtin(x / (_ASINH_SOFTENING * peak)) / math.asinh(1.0 / _ASINH_SOFTENING)
-    if method == "asinh":
-        return stretched
-    return tf.concat([x / peak, stretched], axis=-1)
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ImagePreprocess(keras.layers.Layer):
@@ -74,7 +46,7 @@ class ImagePreprocess(keras.layers.Layer):
     def call(self, images):
         x = tf.cast(images, tf.float32)
         x = transforms.center_crop(x, self.crop)
-        return _normalize(x, self.normalization)
+        return transforms.normalize_images(x, self.normalization)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape

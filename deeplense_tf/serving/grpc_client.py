@@ -7,7 +7,7 @@ Arrays travel as TensorProtos, so dtypes are kept exactly.
 Example::
 
     client = GrpcClient("127.0.0.1:8500", model="deeplense")
-    out = client.predict(images)          # {"log10_m_axion": float32 [N], ...}
+    out = client.predict(images)          # {"log10_m_axion_ev": float32 [N], ...}
 """
 
 from __future__ import annotations

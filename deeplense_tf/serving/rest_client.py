@@ -7,7 +7,7 @@ Example::
 
     client = RestClient("http://127.0.0.1:8501", model="deeplense")
     out = client.predict(images)             # images: float32 [N, H, W, 1]
-    out["log10_m_axion"], out["log10_m_axion_std"]   # float32 [N] each
+    out["log10_m_axion_ev"], out["log10_m_axion_ev_std"]   # float32 [N] each
 """
 
 from __future__ import annotations
