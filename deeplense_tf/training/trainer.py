@@ -1061,7 +1061,9 @@ class _Trainer:
         originals = [layer.momentum for layer in layers]
         model = self.model
 
-        @tf.function
+        # autograph=False: the body is a plain call, and converting this closure only
+        # produced a noisy "could not transform" warning.
+        @tf.function(autograph=False)
         def forward(images):
             model(images, training=True)
 
