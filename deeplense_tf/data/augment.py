@@ -201,6 +201,22 @@ def d4_images(batch) -> list:
 # --- targets ------------------------------------------------------------------------------
 
 
+def _present_pairs(targets, target_kinds: dict) -> list[tuple[str, str, str]]:
+    """The vector / spin-2 pairs of `target_kinds` present in `targets`.
+
+    A lone component is a DataError: its transformed value depends on the missing partner.
+    """
+    pairs = []
+    for kind, first, second in target_pairs(target_kinds):
+        if first not in targets and second not in targets:
+            continue
+        if first not in targets or second not in targets:
+            missing = second if first in targets else first
+            raise DataError(f"cannot transform {kind} target without its partner {missing!r}")
+        pairs.append((kind, first, second))
+    return pairs
+
+
 def target_pairs(target_kinds: dict) -> list[tuple[str, str, str]]:
     """[(kind, component-0 name, component-1 name)] for every vector / spin-2 pair.
 
@@ -240,12 +256,7 @@ def transform_targets(targets: dict, name: str, target_kinds: dict) -> dict:
     is an error (its new value depends on the missing partner).
     """
     out = dict(targets)
-    for kind, first, second in target_pairs(target_kinds):
-        if first not in targets and second not in targets:
-            continue
-        if first not in targets or second not in targets:
-            missing = second if first in targets else first
-            raise DataError(f"cannot transform {kind} target without its partner {missing!r}")
+    for kind, first, second in _present_pairs(targets, target_kinds):
         fn = transform_vector if kind == "vector" else transform_spin2
         out[first], out[second] = fn(targets[first], targets[second], name)
     return out
@@ -310,12 +321,7 @@ def transform_targets_by_id(targets: dict, ids, target_kinds: dict) -> dict:
 
     ids = tf.cast(ids, tf.int32)
     out = dict(targets)
-    for kind, first, second in target_pairs(target_kinds):
-        if first not in targets and second not in targets:
-            continue
-        if first not in targets or second not in targets:
-            missing = second if first in targets else first
-            raise DataError(f"cannot transform {kind} target without its partner {missing!r}")
+    for kind, first, second in _present_pairs(targets, target_kinds):
         table = tf.gather(tf.constant(_VECTOR_TABLE if kind == "vector" else _SPIN2_TABLE), ids)
         a, b = targets[first], targets[second]
         shape = tf.concat([tf.shape(ids), tf.ones([tf.rank(a) - 1], tf.int32)], 0)

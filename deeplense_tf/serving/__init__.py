@@ -13,26 +13,22 @@ does not pull in TensorFlow or gRPC.
 
 from __future__ import annotations
 
-import importlib
+from deeplense_tf._lazy import lazy_exports
 
 _EXPORTS = {
-    "RestClient": "deeplense_tf.serving.rest_client",
-    "GrpcClient": "deeplense_tf.serving.grpc_client",
-    "ServingError": "deeplense_tf.serving.status",
-    "BatchingOptions": "deeplense_tf.serving.batching",
-    "ModelConfig": "deeplense_tf.serving.server",
-    "ModelStore": "deeplense_tf.serving.server",
-    "ModelServer": "deeplense_tf.serving.server",
-    "read_model_config_file": "deeplense_tf.serving.server",
-    "run_load": "deeplense_tf.serving.loadtest",
-    "LoadResult": "deeplense_tf.serving.loadtest",
+    "RestClient": "rest_client",
+    "GrpcClient": "grpc_client",
+    "ServingError": "status",
+    "BatchingOptions": "batching",
+    "ModelConfig": "server",
+    "ModelStore": "server",
+    "ModelServer": "server",
+    "read_model_config_file": "server",
+    "run_load": "loadtest",
+    "LoadResult": "loadtest",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deeplense_tf.serving' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 
 from deeplense_tf.serving.metadata import metadata_json, parse_metadata
 from deeplense_tf.serving.status import HTTP_STATUS, ServingError, code_name
+from deeplense_tf.serving.status import wait_until_available as wait_for_version
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
@@ -97,21 +98,8 @@ class GrpcClient:
     def wait_until_available(self, timeout: float = 60.0, version: int | None = None,
                              label: str | None = None) -> list[dict]:
         """Polls `status` until a version is AVAILABLE; raises `ServingError` after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            try:
-                states = self.status(version, label)
-                if any(s["state"] == "AVAILABLE" for s in states):
-                    return states
-                last = f"states {[(s['version'], s['state']) for s in states]}"
-            except ServingError as err:
-                last = err.message
-            if time.monotonic() >= deadline:
-                raise ServingError("DEADLINE_EXCEEDED",
-                                   f"model {self.model} at {self.target} not available after "
-                                   f"{timeout:g} s (last: {last})")
-            time.sleep(0.1)
+        return wait_for_version(lambda: self.status(version, label),
+                                f"model {self.model} at {self.target}", timeout)
 
     def make_request(self, inputs, *, signature: str | None = None, version: int | None = None,
                      label: str | None = None, output_filter=None) -> predict_pb2.PredictRequest:

@@ -23,6 +23,7 @@ import numpy as np
 from deeplense_tf.serving.json_tensors import input_to_json, json_to_output
 from deeplense_tf.serving.metadata import parse_metadata, parse_status
 from deeplense_tf.serving.status import ServingError, code_for_http_status
+from deeplense_tf.serving.status import wait_until_available as wait_for_version
 
 
 class RestClient:
@@ -72,21 +73,8 @@ class RestClient:
     def wait_until_available(self, timeout: float = 60.0, version: int | None = None,
                              label: str | None = None) -> list[dict]:
         """Polls `status` until a version is AVAILABLE; raises `ServingError` after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            try:
-                states = self.status(version, label)
-                if any(s["state"] == "AVAILABLE" for s in states):
-                    return states
-                last = f"states {[(s['version'], s['state']) for s in states]}"
-            except ServingError as err:
-                last = err.message
-            if time.monotonic() >= deadline:
-                raise ServingError("DEADLINE_EXCEEDED",
-                                   f"model {self.model} at {self.url} not available after "
-                                   f"{timeout:g} s (last: {last})")
-            time.sleep(0.1)
+        return wait_for_version(lambda: self.status(version, label),
+                                f"model {self.model} at {self.url}", timeout)
 
     def encode_predict(self, inputs, *, signature: str | None = None,
                        columnar: bool = False) -> bytes:

@@ -100,3 +100,27 @@ def failed_precondition(message: str) -> ServingError:
 
 def unavailable(message: str) -> ServingError:
     return ServingError("UNAVAILABLE", message)
+
+
+def wait_until_available(status, where: str, timeout: float) -> list[dict]:
+    """Poll `status()` (a client's version states) until one is AVAILABLE.
+
+    Shared by the REST and gRPC clients; raises `ServingError` naming `where` and the last
+    states seen after `timeout` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            states = status()
+            if any(s["state"] == "AVAILABLE" for s in states):
+                return states
+            last = f"states {[(s['version'], s['state']) for s in states]}"
+        except ServingError as err:
+            last = err.message
+        if time.monotonic() >= deadline:
+            raise ServingError("DEADLINE_EXCEEDED",
+                               f"{where} not available after {timeout:g} s (last: {last})")
+        time.sleep(0.1)

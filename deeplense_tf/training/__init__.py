@@ -12,7 +12,7 @@ TensorFlow.
 
 from __future__ import annotations
 
-import importlib
+from deeplense_tf._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_CONFIG": "config",
@@ -36,11 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
