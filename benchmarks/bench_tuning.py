@@ -7,12 +7,12 @@ more for the same epochs, printed as a markdown table.
     python benchmarks/bench_tuning.py --smoke            # seconds: checks that it runs
 
 Steps (each reused when already done):
-1. WORK/data: `--num` images of `--preset`.
+1. WORK/data: `--num` images of `--preset` (or `--data DIR`, an existing data set).
 2. WORK/search: the search (`--tuner`, `--max-trials`, each trial `--trial-epochs` epochs;
    `--space` or the family's built-in space) over the base config (`--config`, `--model`).
 3. WORK/default and WORK/tuned: the base config and the best trial's config, both trained
-   for `--epochs` (and `--time-budget-minutes`, if given) with the same seed, scored on
-   the test split. The search's own cost is reported beside them.
+   for `--epochs` (and `--time-budget-minutes`, if given) with the same seed, steps and
+   validation, scored on the test split. The search's own cost is reported beside them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     common_arguments(parser, "bench_work/tuning")
     parser.add_argument("--preset", default="deeplense-model-2")
     parser.add_argument("--num", type=int, default=20000, help="images to simulate (default 20000)")
+    parser.add_argument("--data", help="an existing simulated data folder to use instead of simulating")
     parser.add_argument("--tuner", default="bayesian", choices=("random", "hyperband", "bayesian"))
     parser.add_argument("--max-trials", type=int, default=20)
     parser.add_argument("--trial-epochs", type=int, default=10, help="epochs of each search trial (default 10)")
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     start = time.perf_counter()
-    data = simulate(args.preset, args.num, work / "data", workers=args.workers)
+    data = Path(args.data) if args.data else simulate(args.preset, args.num, work / "data", workers=args.workers)
     default = make_config(args, data, seed=0)
     search_start = time.perf_counter()
     result = tune(data, work / "search", model=default["model"]["name"], tuner=args.tuner,
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
     trials = pd.read_csv(work / "search" / "results.csv")
     searched_seconds = float(trials["seconds"].sum())
 
-    # The same final budget for both: epochs, time budget and seed of the base config.
-    tuned = make_config(args, data, **{**result.best_config, "seed": 0,
-                                       "training.epochs": default["training"]["epochs"],
-                                       "training.time_budget_minutes": default["training"]["time_budget_minutes"]})
+    # The same final budget for both: epochs, time budget, steps, validation and seed of the
+    # base config (a space may shorten them for its trials).
+    same = {f"training.{k}": default["training"][k] for k in _BUDGET_KEYS}
+    tuned = make_config(args, data, **{**result.best_config, "seed": 0, **same})
     default_run, default_seconds = train_once(default, work / "default")
     tuned_run, tuned_seconds = train_once(tuned, work / "tuned")
     examples = load_examples(str(data), split="test")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
 
     changed = [k for k in diff_configs(default, tuned) if not k.startswith("data.")]
     print_header(f"Tuned vs default hyperparameters at equal budget ({args.preset}, {target})", args)
-    print(f"{args.num} images ({len(examples.images)} test); search: {args.tuner}, {len(trials)} trials of "
+    print(f"{data} ({len(examples.images)} test images); search: {args.tuner}, {len(trials)} trials of "
           f"{args.trial_epochs} epochs, objective {result.objective}, {searched_seconds / 60:.1f} min of trials "
           f"({search_seconds / 60:.1f} min wall this run); final runs {default['training']['epochs']} epochs each; "
           f"total {(time.perf_counter() - start) / 60:.1f} min.\n")
@@ -99,6 +100,10 @@ def main(argv=None) -> int:
     print("\nTuned settings that differ from the default: " + (", ".join(
         f"{k} = {_get(tuned, k)!r} (default {_get(default, k)!r})" for k in changed) or "none") + ".")
     return 0
+
+
+_BUDGET_KEYS = ("epochs", "time_budget_minutes", "steps_per_epoch", "validation_steps",
+                "bn_recalibration_batches")
 
 
 def _get(config: dict, dotted: str):

@@ -328,6 +328,44 @@ def test_run_folder_has_every_file(resumed):
     assert history[-1]["loss"] < history[0]["loss"]
 
 
+def test_training_calibrates_the_stds_and_calibrate_run_composes(resumed, tmp_path):
+    """The run's stds were scaled on the val split at the end of training; `calibrate_run`
+    rescales a copy again and records the new fit, and each scale lands in the model."""
+    from deeplense_tf.evaluation.calibration import calibrate_run
+    from deeplense_tf.training import Run
+
+    fits = json.loads((resumed["out"] / "metrics.json").read_text())["variance_calibration"]
+    assert fits["split"] == "val" and set(fits["targets"]) == set(TARGETS)
+    model = resumed["run"].model
+    for t in TARGETS:
+        scale = fits["targets"][t]["scale"]
+        assert scale > 0
+        offset = float(model.get_layer(t).log_variance_offset.numpy())
+        assert offset == pytest.approx(2 * np.log(scale), abs=1e-6)
+
+    copy = tmp_path / "run"
+    shutil.copytree(resumed["out"], copy)
+    before = Run.load(copy)
+    images = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype("float32")
+    std_before = before.predict(images)
+    with contextlib.redirect_stdout(io.StringIO()):
+        again = calibrate_run(copy, split="val")
+    recorded = json.loads((copy / "metrics.json").read_text())["variance_calibration"]
+    assert recorded["split"] == "val" and set(recorded["targets"]) == set(TARGETS)
+    std_after = Run.load(copy).predict(images)
+    for t in TARGETS:
+        assert again[t]["calibration_error_after"] <= again[t]["calibration_error_before"]
+        np.testing.assert_allclose(std_after[t]["std"] / std_before[t]["std"], again[t]["scale"], rtol=1e-5)
+        np.testing.assert_allclose(std_after[t]["mean"], std_before[t]["mean"], rtol=1e-6)
+
+
+def test_calibration_off_leaves_the_stds(data_dir, tmp_path):
+    run, _ = quiet_train(tiny_config(data_dir, **{"training.epochs": 1, "training.calibrate_variance": False}),
+                         tmp_path / "off")
+    assert "variance_calibration" not in json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert float(run.model.get_layer(TARGETS[0]).log_variance_offset.numpy()) == 0.0
+
+
 def test_predict_matches_model_outputs_in_physical_units(resumed, data_dir):
     from deeplense_tf.data import load_examples
     from deeplense_tf.training import Run

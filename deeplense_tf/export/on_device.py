@@ -60,7 +60,8 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def head_parameters(model, spec: ExportSpec) -> dict:
-    """Per target: `{"dense": Dense layer, "units": k, "log_var_limit": float | None}`.
+    """Per target: `{"dense": Dense layer, "units": k, "log_var_limit": float | None,
+    "log_var_offset": float}` (the offset is the calibration in `SoftClipLogVariance`).
 
     Follows the layer naming of `deeplense_tf.models.heads.add_heads`: point head
     `Dense(1)` named `<target>`; Gaussian head `Dense(2)` named `head_<target>` then
@@ -93,7 +94,10 @@ def head_parameters(model, spec: ExportSpec) -> dict:
                 "heads of deeplense_tf.models.build_model"
             )
         limit = getattr(output, "limit", None) if spec.head == "gaussian" else None
-        heads[target] = {"dense": dense, "units": expected_units, "log_var_limit": limit}
+        offset = float(output.log_variance_offset.numpy()) if spec.head == "gaussian" else 0.0
+        heads[target] = {
+            "dense": dense, "units": expected_units, "log_var_limit": limit, "log_var_offset": offset,
+        }
     return heads
 
 
@@ -171,7 +175,8 @@ def build_module(model, spec: ExportSpec, *, train_batch_size: int = 16, point_l
             params = tf.matmul(features[index[target]], module.kernels[target]) + module.biases[target]
             if head["log_var_limit"] is not None:
                 limit = head["log_var_limit"]
-                params = tf.concat([params[:, :1], limit * tf.tanh(params[:, 1:2] / limit)], axis=-1)
+                log_var = limit * tf.tanh(params[:, 1:2] / limit) + head["log_var_offset"]
+                params = tf.concat([params[:, :1], log_var], axis=-1)
             raw[target] = params
         return features, raw
 
@@ -208,9 +213,10 @@ def build_module(model, spec: ExportSpec, *, train_batch_size: int = 16, point_l
                 nll = 0.5 * (log_var + residual * residual * inv_var) + _HALF_LOG_2PI
                 loss += tf.reduce_sum(mask * nll) / count
                 d_mean = -residual * inv_var
-                # d/d(raw) of limit * tanh(raw / limit) is 1 - tanh^2 = 1 - (log_var / limit)^2.
+                # d/d(raw) of limit * tanh(raw / limit) + offset is 1 - tanh^2.
+                clipped = log_var - heads[target]["log_var_offset"]
                 d_raw = 0.5 * (1.0 - residual * residual * inv_var) * (
-                    1.0 - tf.square(log_var / limit)
+                    1.0 - tf.square(clipped / limit)
                 )
                 d_params = tf.stack([d_mean, d_raw], axis=1)
             else:

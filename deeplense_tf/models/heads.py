@@ -13,6 +13,12 @@ exp(-5) = 0.0067 and exp(5) = 148 target stds, wide enough for any real
 prediction, and exp(-log_var) can no longer overflow or make the NLL's gradient
 explode early in training. Heads and losses compute in float32 even under a
 mixed-precision policy.
+
+`SoftClipLogVariance` also holds a non-trainable `log_variance_offset` (0 after
+training), added after the clip. Post-hoc calibration
+(`deeplense_tf.evaluation.calibration`) sets it to 2 log s, which scales every
+predicted standard deviation by s; being a weight of the model, the scale travels
+with `model.keras` into evaluation, ensembles, SavedModels and TFLite files.
 """
 
 from __future__ import annotations
@@ -50,9 +56,21 @@ class SoftClipLogVariance(keras.layers.Layer):
         super().__init__(**kwargs)
         self.limit = float(limit)
 
+    def build(self, input_shape):
+        self.log_variance_offset = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="log_variance_offset"
+        )
+
     def call(self, params):
         mean, raw = params[..., :1], params[..., 1:2]
-        return tf.concat([mean, self.limit * tf.tanh(raw / self.limit)], axis=-1)
+        log_var = self.limit * tf.tanh(raw / self.limit) + self.log_variance_offset
+        return tf.concat([mean, log_var], axis=-1)
+
+    def load_own_variables(self, store):
+        # Models saved before the offset existed have no variable here: keep it at 0.
+        if len(store.keys()) == 0:
+            return
+        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -13,7 +13,9 @@ peak rate), `huber_delta` (standardised units), `clip_norm` (global gradient-nor
 clip, null = none), `monitor` (the validation metric for early stopping and the best
 checkpoint: `val_loss`, `val_mae` or `val_<target>_mae`), `validation_steps` (null =
 the whole validation split) and `bn_recalibration_batches` (training batches used to
-re-estimate BatchNorm statistics after training; 0 = off).
+re-estimate BatchNorm statistics after training; 0 = off) and `calibrate_variance`
+(Gaussian head: scale the predicted standard deviations so that the validation
+split's coverage matches the nominal levels; `deeplense_tf.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ DEFAULT_CONFIG: dict = {
         "monitor": "val_loss",
         "validation_steps": None,
         "bn_recalibration_batches": 50,
+        "calibrate_variance": True,
     },
 }
 
@@ -149,6 +152,7 @@ _spec("training.clip_norm", (_FLOAT, "null"), _positive)
 _spec("training.monitor", (_STR,))
 _spec("training.validation_steps", (_INT, "null"), _at_least_one)
 _spec("training.bn_recalibration_batches", (_INT,), _non_negative)
+_spec("training.calibrate_variance", (_BOOL,))
 
 # Sections whose keys are free-form (builder keyword arguments).
 _FREE_FORM = ("model.options",)
