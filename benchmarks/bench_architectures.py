@@ -3,13 +3,14 @@
 and each run's TFLite variants (issue 6), printed as markdown tables for BENCHMARKS.md.
 
     python benchmarks/bench_architectures.py --data data/model2-axion --work bench_work/arch \
-        --budget-minutes 6 --ensemble --tflite
+        --budget-minutes 5 --steps-per-epoch 100 --ensemble --tflite
     python benchmarks/bench_architectures.py --smoke     # seconds: checks that it runs
 
 Steps (a finished run is reused, an interrupted one resumes):
 1. WORK/<arch>: `configs/benchmark-model2-<arch>.yaml` trained on --data with
-   `training.time_budget_minutes` = --budget-minutes (the cosine schedule ends at the last
-   epoch that fits; calibration of the stds on the val split as in `deeplense train`).
+   `training.time_budget_minutes` = --budget-minutes (and `--steps-per-epoch`; the cosine
+   schedule ends at the last epoch that fits; stds calibrated on the val split as in
+   `deeplense train`).
 2. Each run scored on the test split: MAE, RMSE, R², bias, coverage, NLL, parameters,
    epochs, training time and images/s; MAE in bins of the true value.
 3. --ensemble: WORK/ensemble combines all runs (`deeplense ensemble`); the best member is
@@ -38,10 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("cnn", "resnet", "efficientnet", "vit", "cnn_lstm")
 
 
-def run_config(arch: str, data, budget_minutes: float, smoke: bool) -> dict:
+def run_config(arch: str, data, budget_minutes: float, steps_per_epoch: int | None, smoke: bool) -> dict:
     from deeplense_tf.training import load_config
 
     overrides = {"data.path": str(data), "training.time_budget_minutes": budget_minutes}
+    if steps_per_epoch:
+        overrides["training.steps_per_epoch"] = steps_per_epoch
     if smoke:
         overrides["smoke"] = True
     return load_config(ROOT / "configs" / f"benchmark-model2-{arch}.yaml", overrides)
@@ -88,6 +91,10 @@ def main(argv=None) -> int:
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--budget-minutes", type=float, default=45.0,
                         help="training-time budget of every run (default: 45, the issue's budget)")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="batches per epoch (default: one pass over the train split). A short "
+                        "budget needs short epochs: the budget ends training at an epoch boundary and "
+                        "the cosine schedule is planned from the measured epoch time")
     parser.add_argument("--ensemble", action="store_true", help="also combine the runs into an ensemble")
     parser.add_argument("--tflite", action="store_true", help="also export and time every TFLite variant")
     parser.add_argument("--tflite-check", type=int, default=1000,
@@ -115,7 +122,7 @@ def main(argv=None) -> int:
     runs, rows, binned = {}, [], []
     for arch in args.archs:
         print(f"--- {arch}", file=sys.stderr, flush=True)
-        run, _ = train_once(run_config(arch, args.data, args.budget_minutes, args.smoke), work / arch)
+        run, _ = train_once(run_config(arch, args.data, args.budget_minutes, args.steps_per_epoch, args.smoke), work / arch)
         runs[arch] = run
         target = run.targets[0]
         scores = score(run, examples, target)

@@ -520,6 +520,7 @@ def test_point_head_mixed_precision_and_time_budget_via_cli(data_dir, tmp_path, 
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out / 'config.yaml'}" in printed and "time budget spent" in printed
+    assert "only 1 epoch(s) of 8 steps fit" in printed and "training.steps_per_epoch" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stopped"] == "time_budget" and metrics["epochs"] == 1
     config = yaml.safe_load((out / "config.yaml").read_text())

@@ -973,6 +973,12 @@ class _Trainer:
                 self.stopped = "early_stopping"
             if budget is not None and not self.stopped:
                 fit = epochs_that_fit(budget - self.elapsed, timing["estimate"])
+                if self.epoch == 1 and fit < 3 and not t["steps_per_epoch"]:
+                    self.log(
+                        f"time budget: only {1 + fit} epoch(s) of {self.steps_per_epoch} steps fit, so the "
+                        "cosine schedule can barely anneal; shorter epochs (training.steps_per_epoch) "
+                        "usually train better under a short budget"
+                    )
                 if fit <= 0:
                     self.stopped = "time_budget"
                 elif self.epoch + fit < self.planned_epochs:
