@@ -119,7 +119,7 @@ def test_mixture_layer_matches_numpy():
 
 def test_ensemble_run_predicts_the_mixture_and_reloads_identically(tmp_path, members, images, data_dir):
     out = tmp_path / "ensemble"
-    result = ensemble_runs(members, out)
+    result = ensemble_runs(members, out, calibrate=False)
     for name in ("model.keras", "config.yaml", "target_stats.json", "data_manifest.json", "run.json"):
         assert (out / name).is_file(), name
 
@@ -153,6 +153,19 @@ def test_ensemble_run_predicts_the_mixture_and_reloads_identically(tmp_path, mem
     for t in TARGETS:
         np.testing.assert_array_equal(np.asarray(got[t]), np.asarray(expected[t]))
     assert result.path == out.resolve()
+
+
+def test_ensemble_stds_are_calibrated_on_val(tmp_path, members, images):
+    plain = ensemble_runs(members, tmp_path / "plain", calibrate=False)
+    calibrated = ensemble_runs(members, tmp_path / "calibrated")
+    fits = json.loads((tmp_path / "calibrated" / "metrics.json").read_text())["variance_calibration"]
+    assert fits["split"] == "val" and set(fits["targets"]) == set(TARGETS)
+    a, b = plain.predict(images), calibrated.predict(images)
+    for t in TARGETS:
+        fit = fits["targets"][t]
+        np.testing.assert_allclose(b[t]["mean"], a[t]["mean"], rtol=1e-6)
+        np.testing.assert_allclose(b[t]["std"] / a[t]["std"], fit["scale"], rtol=1e-5)
+        assert fit["calibration_error_after"] <= fit["calibration_error_before"]
 
 
 def test_ensemble_is_evaluated_and_exported_like_any_run(tmp_path, members, data_dir):

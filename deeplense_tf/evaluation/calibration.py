@@ -8,8 +8,9 @@ observed coverage over `CALIBRATION_LEVELS` on the validation split (recalibrati
 restricted to a variance scale, so the prediction stays Gaussian). The test split is
 never looked at.
 
-The scale lives in the model: `SoftClipLogVariance.log_variance_offset += 2 log s`, so
-evaluation, ensembles, SavedModels and TFLite files all carry it. `deeplense train`
+The scale lives in the model: the output layer's `log_variance_offset += 2 log s`
+(`SoftClipLogVariance`, or an ensemble's `GaussianMixtureCombine`), so evaluation,
+ensembles, SavedModels and TFLite files all carry it. `deeplense train`
 calibrates at the end of training (`training.calibrate_variance`); `deeplense
 calibrate --run RUN` does the same for a finished run (calibrating twice composes; the
 second scale comes out near 1).
@@ -65,17 +66,17 @@ def fit_variance_scale(y_true, y_pred, y_std, levels=CALIBRATION_LEVELS) -> dict
 
 def apply_variance_scale(model, target: str, scale: float) -> None:
     """Multiply the standard deviations `model` predicts for `target` by `scale`."""
-    from deeplense_tf.models.heads import SoftClipLogVariance
+    from deeplense_tf.models.heads import LogVarianceOffsetLayer
 
     try:
         layer = model.get_layer(target)
     except ValueError:
         layer = None
-    if not isinstance(layer, SoftClipLogVariance):
+    if not isinstance(layer, LogVarianceOffsetLayer):
         kind = type(layer).__name__ if layer is not None else "no layer"
         raise RunError(
-            f"variance calibration needs the Gaussian head's SoftClipLogVariance layer named "
-            f"{target!r}; the model has {kind} there (an ensemble is calibrated through its members)"
+            f"variance calibration needs a Gaussian output layer named {target!r} "
+            f"(SoftClipLogVariance or GaussianMixtureCombine); the model has {kind} there"
         )
     if not (math.isfinite(scale) and scale > 0):
         raise RunError(f"variance calibration: scale must be a positive number, got {scale}")

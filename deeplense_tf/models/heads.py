@@ -14,8 +14,9 @@ prediction, and exp(-log_var) can no longer overflow or make the NLL's gradient
 explode early in training. Heads and losses compute in float32 even under a
 mixed-precision policy.
 
-`SoftClipLogVariance` also holds a non-trainable `log_variance_offset` (0 after
-training), added after the clip. Post-hoc calibration
+`SoftClipLogVariance` (like the ensemble's `GaussianMixtureCombine`, both
+`LogVarianceOffsetLayer`s) also holds a non-trainable `log_variance_offset` (0 after
+training), added to the log-variance. Post-hoc calibration
 (`deeplense_tf.evaluation.calibration`) sets it to 2 log s, which scales every
 predicted standard deviation by s; being a weight of the model, the scale travels
 with `model.keras` into evaluation, ensembles, SavedModels and TFLite files.
@@ -40,8 +41,24 @@ LOG_VAR_LIMIT = 10.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+class LogVarianceOffsetLayer(keras.layers.Layer):
+    """Base of the layers that output `(mean, log-variance)`: holds the non-trainable
+    `log_variance_offset` that post-hoc calibration sets (0 until then)."""
+
+    def build(self, input_shape):
+        self.log_variance_offset = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="log_variance_offset"
+        )
+
+    def load_own_variables(self, store):
+        # Models saved before the offset existed have no variable here: keep it at 0.
+        if len(store.keys()) == 0:
+            return
+        super().load_own_variables(store)
+
+
 @keras.saving.register_keras_serializable(package="deeplense")
-class SoftClipLogVariance(keras.layers.Layer):
+class SoftClipLogVariance(LogVarianceOffsetLayer):
     """`[B, 2]` (mean, raw) -> (mean, limit * tanh(raw / limit)).
 
     Identity near zero (slope 1 at raw = 0), smoothly bounded by +-`limit`, so the
@@ -56,21 +73,10 @@ class SoftClipLogVariance(keras.layers.Layer):
         super().__init__(**kwargs)
         self.limit = float(limit)
 
-    def build(self, input_shape):
-        self.log_variance_offset = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="log_variance_offset"
-        )
-
     def call(self, params):
         mean, raw = params[..., :1], params[..., 1:2]
         log_var = self.limit * tf.tanh(raw / self.limit) + self.log_variance_offset
         return tf.concat([mean, log_var], axis=-1)
-
-    def load_own_variables(self, store):
-        # Models saved before the offset existed have no variable here: keep it at 0.
-        if len(store.keys()) == 0:
-            return
-        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -8,7 +8,11 @@ mean and total variance,
     mu  = mean_i mu_i
     var = mean_i var_i + mean_i (mu_i - mu)^2      (aleatoric + epistemic)
 
-re-standardised with the first member's target statistics, so the result is an
+re-standardised with the first member's target statistics. The mixture of members
+whose stds were each calibrated is too wide (every member's variance already covers
+its own error, and the spread of the means comes on top), so `ensemble_runs` calibrates
+the ensemble's stds once more on the validation split of the first member's data
+(`deeplense_tf.evaluation.calibration`) when that data is at hand. The result is an
 ordinary Gaussian-head run: `Run.load`, `evaluate`, `export` and `cluster` treat it
 like any other. An ensemble has no single `embedding` layer: cluster one of its
 members' runs instead.
@@ -35,12 +39,13 @@ from keras import ops
 
 from deeplense_tf import __version__
 from deeplense_tf.errors import RunError
+from deeplense_tf.models.heads import LogVarianceOffsetLayer
 
 _MIN_VARIANCE = 1e-12
 
 
 @keras.saving.register_keras_serializable(package="deeplense")
-class GaussianMixtureCombine(keras.layers.Layer):
+class GaussianMixtureCombine(LogVarianceOffsetLayer):
     """Combine member predictions of one target into the mixture's (mean, log-variance).
 
     Args:
@@ -73,7 +78,7 @@ class GaussianMixtureCombine(keras.layers.Layer):
         )
         variance = ops.maximum(variance, _MIN_VARIANCE)
         standard_mean = (mu - self.output_mean) / self.output_std
-        standard_log_var = ops.log(variance / self.output_std**2)
+        standard_log_var = ops.log(variance / self.output_std**2) + self.log_variance_offset
         return ops.concatenate([standard_mean, standard_log_var], axis=-1)
 
     def compute_output_shape(self, input_shapes):
@@ -177,7 +182,7 @@ def check_members(runs) -> list[str]:
     return list(first.targets)
 
 
-def ensemble_runs(run_dirs, out_dir, *, overwrite: bool = False):
+def ensemble_runs(run_dirs, out_dir, *, overwrite: bool = False, calibrate: bool = True):
     """Combine finished runs into one ensemble run folder; returns it as a loaded `Run`.
 
     Args:
@@ -187,6 +192,9 @@ def ensemble_runs(run_dirs, out_dir, *, overwrite: bool = False):
         out_dir: the ensemble's run folder (created). It must not hold a run unless
             `overwrite`, and must not be one of the members.
         overwrite: replace a run already in `out_dir`.
+        calibrate: rescale the mixture's stds on the validation split of the first
+            member's training data, if that data exists here (recorded in
+            `metrics.json`; `deeplense calibrate --run OUT --data PATH` does it later).
 
     Returns:
         `Run.load(out_dir)`: Gaussian head, standardised with the first member's target
@@ -249,4 +257,9 @@ def ensemble_runs(run_dirs, out_dir, *, overwrite: bool = False):
         "complete": True,
         "members": members,
     })
+    data = (config.get("data") or {}).get("path")
+    if calibrate and data and Path(data).exists():
+        from deeplense_tf.evaluation.calibration import calibrate_run
+
+        calibrate_run(out, data, verbose=False)
     return Run.load(out)
