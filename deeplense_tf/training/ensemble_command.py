@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from deeplense_tf.training.ensemble import ensemble_runs
-
     import json
+
+    from deeplense_tf.training.ensemble import ensemble_runs
 
     result = ensemble_runs(args.runs, args.out, overwrite=args.overwrite, calibrate=not args.no_calibrate)
     for name in ("model.keras", "config.yaml", "target_stats.json", "data_manifest.json", "run.json",
