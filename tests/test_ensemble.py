@@ -168,6 +168,20 @@ def test_ensemble_stds_are_calibrated_on_val(tmp_path, members, images):
         assert fit["calibration_error_after"] <= fit["calibration_error_before"]
 
 
+def test_ensemble_run_loads_in_a_fresh_process(tmp_path, members):
+    """`deeplense evaluate/export --run ENSEMBLE` start in a process that never imported the
+    ensemble module: Run.load must register the mixture layer itself."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ensemble"
+    ensemble_runs(members, out, calibrate=False)
+    code = f"from deeplense_tf.training.run import Run; print(Run.load({str(out)!r}).head)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("gaussian")
+
+
 def test_ensemble_is_evaluated_and_exported_like_any_run(tmp_path, members, data_dir):
     from deeplense_tf.cli import main
     from deeplense_tf.evaluation.commands import evaluate_command

@@ -128,6 +128,7 @@ class Run:
         import keras
 
         import deeplense_tf.models  # noqa: F401  (registers the custom layers)
+        import deeplense_tf.training.ensemble  # noqa: F401  (registers the ensemble's mixture layer)
 
         try:
             model = keras.saving.load_model(path / MODEL_FILE, compile=False)
