@@ -23,7 +23,9 @@ one loop, and what Keras callbacks would do is done here:
   uninterrupted one would have;
 - after training: the best weights, then BatchNorm statistics re-estimated over
   training batches (moving averages lag the weights at high learning rates; the
-  re-estimate is kept only if it does not worsen the monitored metric), then the save;
+  re-estimate is kept only if it does not worsen the monitored metric), then the
+  Gaussian head's stds rescaled to nominal coverage on the validation split
+  (`training.calibrate_variance`), then the save;
 - a NaN loss stops training with the likely causes named.
 
 Multi-worker notes: the chief (task 0) writes the run folder; other workers write
