@@ -59,7 +59,7 @@ class LogVarianceOffsetLayer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="deeplense")
 class SoftClipLogVariance(LogVarianceOffsetLayer):
-    """`[B, 2]` (mean, raw) -> (mean, limit * tanh(raw / limit)).
+    """`[B, 2]` (mean, raw) -> (mean, limit * tanh(raw / limit) + log_variance_offset).
 
     Identity near zero (slope 1 at raw = 0), smoothly bounded by +-`limit`, so the
     gradient never vanishes the way a hard clip's does.
