@@ -32,7 +32,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ensemble import fmt, markdown_table, print_header, train_once  # noqa: E402
+from bench_ensemble import (  # noqa: E402  (shared benchmark helpers)
+    fmt,
+    markdown_table,
+    print_header,
+    test_scores,
+    train_once,
+    validation_mae,
+)
 from bench_latency import keras_call_row, measure, tflite_row  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,15 +149,13 @@ def main(argv=None) -> int:
     print(markdown_table(["model", *edges], binned))
 
     if args.ensemble and len(runs) >= 2:
-        from bench_ensemble import validation_mae
-
         ensemble = ensemble_runs([work / a for a in runs], work / "ensemble", overwrite=True)
         best = min(runs, key=lambda a: validation_mae(work / a, target))
         table = []
         for name, run in ((f"best member ({best}, by val MAE)", runs[best]),
                           (f"ensemble of {len(runs)}", ensemble)):
-            o = score(run, examples, target)["overall"]
-            table.append([name, o["mae"], o.get("nll"), o.get("coverage_68"), o.get("coverage_95")])
+            o = test_scores(run, examples, target)
+            table.append([name, o["mae"], o["nll"], o["coverage_68"], o["coverage_95"]])
         print(f"\n### Ensemble of the {len(runs)} architectures vs its best member\n")
         print(markdown_table(["run", "test MAE", "test NLL", "68% cov.", "95% cov."], table))
 
