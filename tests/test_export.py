@@ -26,6 +26,7 @@ from deeplense_tf.export import exporter, on_device, savedmodel
 from deeplense_tf.export import tflite as tflite_lib
 from deeplense_tf.export.spec import ExportSpec, keras_reference
 from deeplense_tf.models import build_model
+from deeplense_tf.models.layers import ImagePreprocess
 from deeplense_tf.training.config import load_config, save_config
 from deeplense_tf.training.run import Run
 
@@ -283,6 +284,72 @@ def test_tflite_variant_runs_in_litert_with_builtins_and_is_close(exported, run,
             assert scaled_diff(outputs[name], values) <= 1e-4
     if variant == "int8":
         assert any(op in ops for op in ("QUANTIZE", "DEQUANTIZE"))
+
+
+def _faint_arc_images(rng, count, size):
+    """A bright point (4.0) on a faint pattern 1e-3.5..1e-1.5 of it: the arcs' dynamic range."""
+    images = np.zeros((count, size, size, 1), np.float32)
+    images[:, size // 2, size // 2] = 4.0
+    amplitude = 4.0 * 10 ** rng.uniform(-3.5, -1.5, size=(count, 1, 1, 1))
+    return (images + amplitude * rng.random((count, size, size, 1))).astype(np.float32)
+
+
+def test_int8_keeps_the_preprocessing_float_so_faint_pixels_survive(tmp_path):
+    """Full int8 of a cropping model must not quantise the raw pixels.
+
+    One 8-bit range over a bright point zeroes the faint pattern these outputs depend on
+    (with the crop first in the graph the converter quantised the input, and max |diff|
+    was 0.27 of the outputs' spread across images); with the preprocessing and outputs
+    in float it is 0.03.
+    """
+    size = 24
+    inputs = keras.Input((size, size, 1), name="image")
+    hidden = ImagePreprocess("peak_asinh", 16, name="preprocess")(inputs)
+    hidden = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D(name="pool")(hidden)
+    model = keras.Model(inputs, {"t": keras.layers.Dense(1, name="t")(hidden)}, name="tiny")
+    spec = ExportSpec(model_name="tiny", targets=("t",), head="point", input_shape=(size, size, 1),
+                      target_stats={"t": {"mean": 0.0, "std": 1.0}})
+    rng = np.random.default_rng(0)
+    calibration, images = _faint_arc_images(rng, 64, size), _faint_arc_images(rng, 64, size)
+
+    report = tflite_lib.export_tflite(model, spec, tmp_path, ["int8"], calibration_images=calibration,
+                                      verify_images=images)["int8"]
+    reference = keras_reference(model, spec, images)
+    for name, values in reference.items():
+        assert report["max_abs_diff"][name] < 0.2 * np.std(values), (name, report["max_abs_diff"])
+
+    runtime = tflite_lib.interpreter(report["path"])
+    tensors = {t["index"]: t for t in runtime.get_tensor_details()}
+    image = runtime.get_input_details()[0]["index"]
+    readers = [op["op_name"] for op in runtime._get_ops_details() if image in op["inputs"]]
+    assert readers and "QUANTIZE" not in readers, readers
+    assert any(t["dtype"] == np.int8 and "/conv" in t["name"] for t in tensors.values())
+    head = [t for t in tensors.values() if "/t_1/" in t["name"]]
+    assert head and all(t["dtype"] == np.float32 for t in head)
+
+
+def test_float_tensor_names_follow_layer_scopes():
+    names = [
+        "serving_default_image:0",
+        "cnn_1/preprocess_1/Abs",
+        "cnn_1/block0_conv_1/Relu;cnn_1/block0_conv_1/convolution",
+        "cnn_1/member_0_1/preprocess_1/truediv",
+        "cnn_1/t_1/Tanh",
+        "cnn_1/t_head_1/MatMul",
+        "mul_1",
+        "cnn_1/preprocessing_extra_1/Abs",
+    ]
+    kept = tflite_lib.float_tensor_names(names, "cnn", {"preprocess", "t"})
+    assert kept == ["serving_default_image:0", "cnn_1/preprocess_1/Abs",
+                    "cnn_1/member_0_1/preprocess_1/truediv", "cnn_1/t_1/Tanh", "mul_1"]
+
+
+def test_float_layer_names_cover_nested_models():
+    model = build_model("cnn", (SIZE, SIZE, 1), TARGETS, crop=8, width=4, blocks=2)
+    inputs = keras.Input((SIZE, SIZE, 1), name="image")
+    outer = keras.Model(inputs, model(inputs), name="outer")
+    assert {"preprocess", *TARGETS} <= tflite_lib.float_layer_names(outer)
 
 
 def test_conversion_copy_unrolls_lstms(tmp_path):

@@ -19,10 +19,10 @@ _PACKAGE = "deeplense"
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ImagePreprocess(keras.layers.Layer):
-    """Raw pixels `[B, H, W, C]` -> centre crop -> per-image normalisation.
+    """Raw pixels `[B, H, W, C]` -> per-image normalisation -> centre crop.
 
-    The crop comes first, so the normalisation statistics (peak, mean, std) are those
-    of the pixels the network sees. Output channels are
+    The normalisation statistics (peak, mean, std) are those of the pixels the network
+    sees, the crop. Output channels are
     `transforms.output_channels(normalization, C)` (two per input channel for
     `peak_asinh`: image / peak and its asinh stretch). Computes in float32 whatever
     the global dtype policy: the stretch divides by the per-image peak.
@@ -45,8 +45,15 @@ class ImagePreprocess(keras.layers.Layer):
 
     def call(self, images):
         x = tf.cast(images, tf.float32)
-        x = transforms.center_crop(x, self.crop)
-        return transforms.normalize_images(x, self.normalization)
+        if not self.crop:
+            return transforms.normalize_images(x, self.normalization)
+        # Normalise every pixel with the crop window's statistics, then crop: the numbers
+        # of crop-then-normalise, but no slice touches the raw pixels. Full-int8 TFLite
+        # quantises a slice together with the raw input, and 8 bits spread over the bright
+        # ring erase the faint arcs; float arithmetic first keeps the stretch in float.
+        window = transforms.window_mask(x.shape[1], x.shape[2], self.crop)
+        x = transforms.normalize_images(x, self.normalization, window=window)
+        return transforms.center_crop(x, self.crop)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
