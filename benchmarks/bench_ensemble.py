@@ -5,10 +5,10 @@ interval coverage side by side, printed as a markdown table (for BENCHMARKS.md).
         --config quickstart --epochs 40 --workers 2
     python benchmarks/bench_ensemble.py --smoke          # seconds: checks that it runs
 
-Simulates `--num` images of `--preset` into WORK/data (reused when already there), trains
-`--members` runs that differ only in their seed (WORK/member<i>; a finished run is reused,
-an interrupted one resumes), combines them with `deeplense ensemble` (WORK/ensemble) and
-evaluates every run on the test split. The best member is the one with the lowest
+Simulates `--num` images of `--preset` into WORK/data (reused when already there; `--data`
+uses an existing data folder instead), trains `--members` runs that differ only in their
+seed (WORK/member<i>; a finished run is reused, an interrupted one resumes), combines them
+with `deeplense ensemble` (WORK/ensemble) and evaluates every run on the test split. The best member is the one with the lowest
 validation MAE (chosen without looking at the test split).
 
 The helpers above `main` are shared with bench_finetune.py and bench_tuning.py.
@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="deeplense-model-2", help="simulator preset (default: deeplense-model-2)")
     parser.add_argument("--num", type=int, default=20000, help="images to simulate (80/10/10 split; default 20000)")
     parser.add_argument("--members", type=int, default=5, help="runs in the ensemble (default: 5)")
+    parser.add_argument("--data", help="an existing simulated data folder to use instead of simulating")
     args = parser.parse_args(argv)
     if args.smoke:
         args.num = min(args.num, 120)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     start = time.perf_counter()
-    data = simulate(args.preset, args.num, work / "data", workers=args.workers)
+    data = Path(args.data) if args.data else simulate(args.preset, args.num, work / "data", workers=args.workers)
     member_dirs = []
     for seed in range(args.members):
         train_once(make_config(args, data, seed=seed), work / f"member{seed}")
@@ -170,7 +171,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
 
     print_header(f"Ensemble of {args.members} vs its best member ({args.preset}, {target})", args)
-    print(f"{args.num} images simulated ({len(examples.images)} test), model "
+    source = f"data {data}" if args.data else f"{args.num} images simulated"
+    print(f"{source} ({len(examples.images)} test), model "
           f"{ensemble.config['model']['member_models'][0]}; total {seconds / 60:.1f} min.\n")
     headers = ["run", "val MAE", "test MAE", "test NLL", "68% coverage", "95% coverage"]
     summary = [[f"best member (seed {best[0]}, by val MAE)", best[1], best[2]["mae"], best[2]["nll"],
