@@ -162,6 +162,7 @@ def test_export_writes_tf_serving_layout_and_report(exported, data_dir):
     assert checks["tflite"]["fp32"]["tolerance"] == 1e-4
     # Test-split targets are known, so the report holds the MAE change per variant.
     assert set(checks["tflite"]["int8"]["mae_tflite"]) == set(TARGETS)
+    assert checks["tflite"]["int8"]["float_layers"] == sorted(["preprocess", *TARGETS])
     assert checks["tflite"]["fp32"]["path"] == "tflite/model_fp32.tflite"
 
 

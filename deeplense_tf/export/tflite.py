@@ -354,7 +354,8 @@ def export_tflite(
 
     The files are compared with the model they were converted from, `conversion_copy(model)`
     (the model itself unless it computes in mixed precision or has rolled-up LSTMs).
-    Returns `{variant: report}` (see `verify_variant`; "path" added). `progress`, if
+    Returns `{variant: report}` (see `verify_variant`; "path" added, and for `int8` the
+    "float_layers" it kept in float32). `progress`, if
     given, is called with a short description before each step.
     """
     variants = parse_variants(list(variants))
@@ -379,4 +380,6 @@ def export_tflite(
                     path, variant, spec, verify_images, reference, verify_targets
                 )
             reports[variant]["path"] = os.fspath(path)
+            if variant == "int8":
+                reports[variant]["float_layers"] = sorted(float_layer_names(model))
     return reports
