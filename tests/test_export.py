@@ -346,11 +346,15 @@ def test_float_tensor_names_follow_layer_scopes():
                     "cnn_1/member_0_1/preprocess_1/truediv", "cnn_1/t_1/Tanh", "mul_1"]
 
 
-def test_float_layer_names_cover_nested_models():
+def test_float_layer_names_are_the_input_transforms_and_outputs_also_when_nested():
     model = build_model("cnn", (SIZE, SIZE, 1), TARGETS, crop=8, width=4, blocks=2)
+    assert tflite_lib.float_layer_names(model) == {"preprocess", *TARGETS}
     inputs = keras.Input((SIZE, SIZE, 1), name="image")
     outer = keras.Model(inputs, model(inputs), name="outer")
-    assert {"preprocess", *TARGETS} <= tflite_lib.float_layer_names(outer)
+    assert tflite_lib.float_layer_names(outer) == {"preprocess", *TARGETS}
+
+    polar = build_model("cnn_lstm", (SIZE, SIZE, 1), TARGETS, crop=None, view="polar", width=4)
+    assert tflite_lib.float_layer_names(polar) == {"preprocess", "polar_unwrap", *TARGETS}
 
 
 def test_conversion_copy_unrolls_lstms(tmp_path):

@@ -6,12 +6,13 @@ Variants (`VARIANTS`):
 - `fp16`: float16 weights (dequantised at load), float32 compute.
 - `dynamic_int8`: int8 weights, activations quantised on the fly where a kernel allows.
 - `int8`: int8 weights and activations with ranges calibrated on training images
-  (the representative data set), from the first layer after the preprocessing to the
-  output layers. The preprocessing (`ImagePreprocess`), the output layers and the map to
-  physical units stay float32 (selective quantisation, `float_layer_names`): raw pixels
-  span five decades, and one 8-bit range over them zeroes the faint arcs the asinh
-  stretch exists to lift (+0.6 dex test MAE when the input was quantised). Input and
-  output are float32, so every variant has the same interface.
+  (the representative data set), from the first layer with weights to the output
+  layers. The input transforms ahead of it (`ImagePreprocess`, `PolarUnwrap`), the
+  output layers and the map to physical units stay float32 (selective quantisation,
+  `float_layer_names`): raw pixels span five decades, and one 8-bit range over them
+  zeroes the faint arcs the asinh stretch exists to lift (+0.6 dex test MAE when the
+  input was quantised). Input and output are float32, so every variant has the same
+  interface.
 
 Every file has one signature, `serving_default`, with the SavedModel's interface:
 input `image` float32 `[-1, H, W, C]` raw pixels, outputs `<target>` and (Gaussian
@@ -172,21 +173,34 @@ def _representative(images: np.ndarray):
 
 
 def float_layer_names(model) -> set[str]:
-    """Layers the `int8` variant keeps in float32: every `ImagePreprocess` and output layer.
+    """Layers the `int8` variant keeps in float32.
 
-    Nested models (ensemble members) are searched too.
+    - The input transforms: every layer without weights ahead of the first layer with
+      weights (`ImagePreprocess`, and `PolarUnwrap` in the polar CNN-LSTM). They are
+      fixed arithmetic on the faint pixels, where int8 saves no bytes and loses the arcs
+      (keeping the polar resampling float halved the int8 loss of the 45-minute
+      CNN-LSTM: BENCHMARKS.md).
+    - The output layers (mean, log-variance and its calibration offset).
+
+    Nested models (ensemble members) are searched the same way.
     """
-    from deeplense_tf.models.layers import ImagePreprocess
+    import keras
 
     names = set()
 
     def visit(container):
-        names.update(getattr(container, "output_names", None) or [])
+        outputs = set(getattr(container, "output_names", None) or [])
+        leading = True  # still ahead of the first layer with weights
         for layer in getattr(container, "layers", []) or []:
-            if isinstance(layer, ImagePreprocess):
-                names.add(layer.name)
-            if getattr(layer, "layers", None):
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if getattr(layer, "layers", None):  # a nested model: its own inputs and outputs
                 visit(layer)
+                leading = False
+                continue
+            if (leading and not layer.weights) or layer.name in outputs:
+                names.add(layer.name)
+            leading = leading and not layer.weights
 
     visit(model)
     return names
