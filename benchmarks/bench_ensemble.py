@@ -8,8 +8,9 @@ interval coverage side by side, printed as a markdown table (for BENCHMARKS.md).
 Simulates `--num` images of `--preset` into WORK/data (reused when already there; `--data`
 uses an existing data folder instead), trains `--members` runs that differ only in their
 seed (WORK/member<i>; a finished run is reused, an interrupted one resumes), combines them
-with `deeplense ensemble` (WORK/ensemble) and evaluates every run on the test split. The best member is the one with the lowest
-validation MAE (chosen without looking at the test split).
+with `deeplense ensemble` (WORK/ensemble) and evaluates every run on the test split. The
+best member is the one with the lowest validation MAE (chosen without looking at the
+test split).
 
 The helpers above `main` are shared with bench_finetune.py and bench_tuning.py.
 """

@@ -23,13 +23,18 @@ _EPS = 1e-8
 # float-only arithmetic first (see `ImagePreprocess`).
 
 
-def window_mask(height: int, width: int, size: int) -> np.ndarray:
-    """`[1, H, W, 1]` float32: 1 on the central `size` x `size` pixels, 0 elsewhere."""
+def _crop_corner(height, width, size: int) -> tuple[int, int]:
+    """Top-left pixel of the central `size` x `size` crop of an `height` x `width` image."""
     if height is None or width is None:
-        raise ValueError("a crop needs a static image size")
+        raise ValueError("center_crop needs a static image size")
     if size > min(height, width):
         raise ValueError(f"crop {size} is larger than the image ({height}x{width})")
-    top, left = (height - size) // 2, (width - size) // 2
+    return (height - size) // 2, (width - size) // 2
+
+
+def window_mask(height: int, width: int, size: int) -> np.ndarray:
+    """`[1, H, W, 1]` float32: 1 on the central `size` x `size` pixels, 0 elsewhere."""
+    top, left = _crop_corner(height, width, size)
     mask = np.zeros((1, height, width, 1), np.float32)
     mask[:, top : top + size, left : left + size, :] = 1.0
     return mask
@@ -121,10 +126,5 @@ def center_crop(x, size: int | None):
     """Crop a batch `[B, H, W, C]` to its central `size` x `size` pixels (no-op for None)."""
     if not size:
         return x
-    height, width = x.shape[1], x.shape[2]
-    if height is None or width is None:
-        raise ValueError("center_crop needs a static image size")
-    if size > min(height, width):
-        raise ValueError(f"crop {size} is larger than the image ({height}x{width})")
-    top, left = (height - size) // 2, (width - size) // 2
+    top, left = _crop_corner(x.shape[1], x.shape[2], size)
     return x[:, top : top + size, left : left + size, :]

@@ -227,13 +227,15 @@ def float_tensor_names(tensor_names: Iterable[str], model_name: str, float_layer
     return [name for name in tensor_names if any(keep_float(op) for op in name.split(";"))]
 
 
-def convert_variant(saved_model_dir, variant: str, representative_images=None, model=None) -> bytes:
+def convert_variant(
+    saved_model_dir, variant: str, representative_images=None, model=None, float_layers=None
+) -> bytes:
     """Convert the conversion SavedModel to one TFLite variant (builtin ops only).
 
     representative_images: raw training images `[N, H, W, C]`, required for `int8`.
-    model: the Keras model the SavedModel was written from; for `int8`, its
-        `float_layer_names` stay float (without it every op with an int8 kernel is
-        quantised, the input included).
+    model: the Keras model the SavedModel was written from; for `int8`, the layers named
+        by `float_layers` (default `float_layer_names(model)`) stay float32. Without a
+        model every op with an int8 kernel is quantised, the input included.
     Raises `ExportError` naming the ops that have no TFLite builtin.
     """
     import tensorflow as tf
@@ -263,14 +265,16 @@ def convert_variant(saved_model_dir, variant: str, representative_images=None, m
             # the files themselves are checked with ai_edge_litert.
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
             if variant == "int8" and model is not None:
-                return _selective_int8(converter, representative_images, model)
+                if float_layers is None:
+                    float_layers = float_layer_names(model)
+                return _selective_int8(converter, representative_images, model.name, float_layers)
             return converter.convert()
     except Exception as err:  # ConverterError and friends: say which ops are missing
         raise ExportError(f"TFLite {variant}: {describe_conversion_error(err)}") from err
 
 
-def _selective_int8(converter, representative_images, model) -> bytes:
-    """Full int8 with `float_layer_names(model)` left in float32.
+def _selective_int8(converter, representative_images, model_name: str, float_layers) -> bytes:
+    """Full int8 with the layers named `float_layers` left in float32.
 
     TFLite's selective quantisation goes through the quantisation debugger: calibrate
     once, then quantise with the float layers' tensors deny-listed.
@@ -281,7 +285,7 @@ def _selective_int8(converter, representative_images, model) -> bytes:
         converter=converter, debug_dataset=_representative(representative_images)
     )
     names = [t["name"] for t in interpreter(debugger.calibrated_model).get_tensor_details()]
-    keep = float_tensor_names(names, model.name, float_layer_names(model))
+    keep = float_tensor_names(names, model_name, float_layers)
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
     return debugger.get_nondebug_quantized_model()
 

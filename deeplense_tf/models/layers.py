@@ -21,8 +21,8 @@ _PACKAGE = "deeplense"
 class ImagePreprocess(keras.layers.Layer):
     """Raw pixels `[B, H, W, C]` -> per-image normalisation -> centre crop.
 
-    The normalisation statistics (peak, mean, std) are those of the pixels the network
-    sees, the crop. Output channels are
+    The normalisation statistics (peak, mean, std) are taken over the crop, the pixels
+    the network sees. Output channels are
     `transforms.output_channels(normalization, C)` (two per input channel for
     `peak_asinh`: image / peak and its asinh stretch). Computes in float32 whatever
     the global dtype policy: the stretch divides by the per-image peak.
