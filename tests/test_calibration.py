@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deeplense_tf.errors import RunError
-from deeplense_tf.evaluation.calibration import apply_variance_scale, fit_variance_scale
+from deeplense_tf.models.calibration import apply_variance_scale, fit_variance_scale
 
 
 @pytest.mark.parametrize("true_scale", [0.5, 1.0, 2.0])

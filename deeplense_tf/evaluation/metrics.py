@@ -11,14 +11,14 @@ interval "central at nominal level p" is `mean ± z * std` with `z = Φ⁻¹((1 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 
+# One definition of the interval levels, shared with the variance calibration (models/).
+from deeplense_tf.intervals import CALIBRATION_LEVELS, z_for_level  # noqa: F401  (public here too)
+
 COVERAGE_LEVELS = (0.68, 0.95)
 DEFAULT_BINS = 8
-# Nominal levels for the calibration curve (expected vs observed coverage).
-CALIBRATION_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist()) + (0.99,)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -40,13 +40,6 @@ def _check(y_true, y_pred, y_std=None):
         if y_std.shape != y_true.shape:
             raise ValueError(f"y_std has {y_std.size} values but y_true has {y_true.size}")
     return y_true, y_pred, y_std
-
-
-def z_for_level(level: float) -> float:
-    """Half-width in standard deviations of the central Gaussian interval holding `level`."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"coverage level must be in (0, 1), got {level}")
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
 def point_metrics(y_true, y_pred) -> dict:

@@ -1100,12 +1100,12 @@ class _Trainer:
     def calibrate_variance(self) -> dict | None:
         """Scale the Gaussian head's stds so the validation split's coverage is nominal.
 
-        One scale per target (`deeplense_tf.evaluation.calibration`), agreed across
+        One scale per target (`deeplense_tf.models.calibration`), agreed across
         workers and stored in the model; returns the fits, or None when off.
         """
         if self.config["model"]["head"] != "gaussian" or not self.config["training"]["calibrate_variance"]:
             return None
-        from deeplense_tf.evaluation.calibration import apply_variance_scale, fit_variance_scale
+        from deeplense_tf.models.calibration import apply_variance_scale, fit_variance_scale
 
         steps = self.config["training"]["validation_steps"]
         dataset = self.val_ds.take(steps) if steps else self.val_ds
