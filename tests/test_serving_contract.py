@@ -75,7 +75,9 @@ def endpoint(request, fixture_root):
         yield Endpoint("tfserving", REMOTE_URL.rstrip("/"), grpc_target)
         return
     from deeplense_tf.serving.batching import BatchingOptions
-    from deeplense_tf.serving.server import ModelServer, ModelStore, read_model_config_file
+    from deeplense_tf.serving.config import read_model_config_file
+    from deeplense_tf.serving.model_store import ModelStore
+    from deeplense_tf.serving.server import ModelServer
 
     batching = None
     if request.param == "local-batching":

@@ -9,7 +9,9 @@ import yaml
 from serving_fixtures import MODEL_NAME, write_fixture_model
 
 from deeplense_tf.serving.batching import BatchingOptions
-from deeplense_tf.serving.server import ModelConfig, ModelServer, ModelStore, read_model_config_file
+from deeplense_tf.serving.config import ModelConfig, read_model_config_file
+from deeplense_tf.serving.model_store import ModelStore
+from deeplense_tf.serving.server import ModelServer
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 

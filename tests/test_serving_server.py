@@ -25,8 +25,10 @@ from serving_fixtures import (
 
 from deeplense_tf.cli import build_parser, main
 from deeplense_tf.serving.batching import BatchingOptions
+from deeplense_tf.serving.config import ModelConfig
+from deeplense_tf.serving.model_store import ModelStore
 from deeplense_tf.serving.rest_client import RestClient
-from deeplense_tf.serving.server import ModelConfig, ModelServer, ModelStore
+from deeplense_tf.serving.server import ModelServer
 from deeplense_tf.serving.status import ServingError
 
 LIMIT = 256 * 1024  # request size limit of the test server, bytes

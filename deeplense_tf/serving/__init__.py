@@ -20,10 +20,10 @@ _EXPORTS = {
     "GrpcClient": "grpc_client",
     "ServingError": "status",
     "BatchingOptions": "batching",
-    "ModelConfig": "server",
-    "ModelStore": "server",
+    "ModelConfig": "config",
+    "ModelStore": "model_store",
     "ModelServer": "server",
-    "read_model_config_file": "server",
+    "read_model_config_file": "config",
     "run_load": "loadtest",
     "LoadResult": "loadtest",
 }

@@ -72,7 +72,7 @@ def _batching_options(args):
 
 
 def _models(args):
-    from deeplense_tf.serving.server import ModelConfig, parse_labels, read_model_config_file
+    from deeplense_tf.serving.config import ModelConfig, parse_labels, read_model_config_file
 
     if args.model_config_file:
         if args.model_base_path or args.model_name:
@@ -100,7 +100,8 @@ def _models(args):
 
 def build_server(args):
     """The (not yet started) `ModelServer` the parsed `args` describe; ConfigError on bad options."""
-    from deeplense_tf.serving.server import ModelServer, ModelStore
+    from deeplense_tf.serving.model_store import ModelStore
+    from deeplense_tf.serving.server import ModelServer
 
     for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
         if not -1 <= port <= 65535 or (flag == "--port" and port < 0):

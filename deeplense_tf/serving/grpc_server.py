@@ -24,7 +24,8 @@ from tensorflow_serving.apis import (
 )
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.serving.server import DEFAULT_SIGNATURE, ModelStore
+from deeplense_tf.serving.model_store import ModelStore
+from deeplense_tf.serving.servable import DEFAULT_SIGNATURE
 from deeplense_tf.serving.status import CODE_NAMES, ServingError, invalid_argument
 
 log = logging.getLogger("deeplense_tf.serving")
