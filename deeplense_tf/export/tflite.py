@@ -173,37 +173,12 @@ def _representative(images: np.ndarray):
 
 
 def float_layer_names(model) -> set[str]:
-    """Layers the `int8` variant keeps in float32.
+    """Layers the `int8` variant keeps in float32: the input transforms, the output layers
+    and what the architecture's registry entry adds (the rule lives with the architectures:
+    `deeplense_tf.models.registry.int8_float_layer_names`)."""
+    from deeplense_tf.models.registry import int8_float_layer_names
 
-    - The input transforms: every layer without weights ahead of the first layer with
-      weights (`ImagePreprocess`, and `PolarUnwrap` in the polar CNN-LSTM). They are
-      fixed arithmetic on the faint pixels, where int8 saves no bytes and loses the arcs
-      (keeping the polar resampling float halved the int8 loss of the 45-minute
-      CNN-LSTM: BENCHMARKS.md).
-    - The output layers (mean, log-variance and its calibration offset).
-
-    Nested models (ensemble members) are searched the same way.
-    """
-    import keras
-
-    names = set()
-
-    def visit(container):
-        outputs = set(getattr(container, "output_names", None) or [])
-        leading = True  # still ahead of the first layer with weights
-        for layer in getattr(container, "layers", []) or []:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            if getattr(layer, "layers", None):  # a nested model: its own inputs and outputs
-                visit(layer)
-                leading = False
-                continue
-            if (leading and not layer.weights) or layer.name in outputs:
-                names.add(layer.name)
-            leading = leading and not layer.weights
-
-    visit(model)
-    return names
+    return int8_float_layer_names(model)
 
 
 def float_tensor_names(tensor_names: Iterable[str], model_name: str, float_layers: Iterable[str]) -> list[str]:

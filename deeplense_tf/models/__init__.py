@@ -29,13 +29,18 @@ from deeplense_tf.models.layers import (
 )
 from deeplense_tf.models.registry import (
     MODEL_NAMES,
+    Architecture,
     build_model,
     embedding_model,
     encoder_layers,
+    get_architecture,
     head_layers,
+    int8_float_layer_names,
     model_options,
     register,
     set_encoder_trainable,
+    tiny_options,
+    unregister,
 )
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "MODEL_NAMES",
     "POINT_LOSSES",
     "AddPositionEmbedding",
+    "Architecture",
     "FoldedTimeDistributed",
     "GaussianNLL",
     "ImagePreprocess",
@@ -54,7 +60,9 @@ __all__ = [
     "build_model",
     "embedding_model",
     "encoder_layers",
+    "get_architecture",
     "head_layers",
+    "int8_float_layer_names",
     "make_losses",
     "make_metrics",
     "model_options",
@@ -62,4 +70,6 @@ __all__ = [
     "register",
     "set_encoder_trainable",
     "split_gaussian",
+    "tiny_options",
+    "unregister",
 ]

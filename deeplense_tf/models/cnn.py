@@ -14,7 +14,14 @@ import keras
 from deeplense_tf.models.registry import register, require, spatial_size
 
 
-@register("cnn")
+@register(
+    "cnn",
+    # depth = blocks (each halves the image and doubles the filters), width = filters of
+    # the first block.
+    aliases={"depth": "blocks"},
+    search_space={"depth": {"values": [3, 2, 4]}, "width": {"values": [32, 16, 64]}},
+    tiny={"width": 4, "blocks": 2},
+)
 def build_cnn(
     x, *, width: int = 32, blocks: int = 4, convs_per_block: int = 2, bn_momentum: float = 0.95
 ):

@@ -71,7 +71,18 @@ def _frame_encoder(frame_shape, width, features, bn_momentum) -> keras.Sequentia
     return keras.Sequential(layers, name="frame_encoder")
 
 
-@register("cnn_lstm")
+@register(
+    "cnn_lstm",
+    # depth = stacked LSTM layers, width = filters of the frame CNN, LSTM units.
+    aliases={"depth": "lstm_layers"},
+    search_space={
+        "depth": {"values": [1, 2]},
+        "width": {"values": [32, 16]},
+        "lstm_units": {"values": [128, 64]},
+    },
+    tiny={"steps": 8, "angles_per_step": 2, "radii": 8, "width": 4, "frame_features": 8,
+          "lstm_units": 8},
+)
 def build_cnn_lstm(
     x,
     *,

@@ -35,7 +35,12 @@ _VARIANTS = {
 MIN_SIZE = 32
 
 
-@register("efficientnet")
+@register(
+    "efficientnet",
+    # The EfficientNetV2 variant scales depth and width together.
+    search_space={"variant": {"values": ["b0", "b1", "b2"]}},
+    tiny={"variant": "b0"},
+)
 def build_efficientnet(x, *, variant: str = "b0", upsample: int = 1, bn_momentum: float = 0.95):
     """EfficientNetV2 encoder: preprocessed image `[B, h, w, c]` -> pooled features `[B, D]`.
 

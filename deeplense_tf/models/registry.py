@@ -15,12 +15,22 @@ Layer naming rule (what fine-tuning and clustering rely on):
   (point) or `head_<target>` + `<target>` (Gaussian).
 `encoder_layers(model)` returns `preprocess` through `embedding` (the layers to
 freeze when fine-tuning only the head); `head_layers(model)` returns the rest.
+
+One `register` call holds everything about an architecture (an `Architecture`): its
+builder, its search space for `deeplense tune`, its tiny test configuration and its
+int8 export rule. The CLI, the tuner, the tests and the export read it from here:
+
+    @register("mlp", search_space={"width": {"values": [64, 128]}},
+              tiny={"width": 4}, int8_float_layers=("mlp_norm",))
+    def build_mlp(x, *, width: int = 128): ...
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import keras
 
@@ -29,7 +39,35 @@ from deeplense_tf.errors import ConfigError
 from deeplense_tf.models.heads import HEADS, add_heads
 from deeplense_tf.models.layers import ImagePreprocess
 
-_BUILDERS: dict[str, Callable] = {}
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the package knows about one architecture.
+
+    Attributes:
+        name: the registered name (`model.name` in a config, the Keras model's name).
+        builder: `builder(x, **options) -> features [B, D]`; its keyword-only arguments,
+            with their defaults, are the model's options.
+        search_space: the architecture's own part of the default search space of
+            `deeplense tune`, in space-file form (`{hyperparameter: spec}`, see
+            `training/tuner/space.py`); the tuner adds the hyperparameters every model
+            has (learning rate, dropout, head ...). Keys are builder options or `aliases`.
+        aliases: hyperparameter name -> builder option (`depth` -> `blocks`), so that
+            search spaces speak of depth and width across architectures.
+        tiny: options of a seconds-sized model with the same topology, for tests.
+        int8_float_layers: layers the full-int8 TFLite variant keeps in float32 besides
+            the rule every architecture gets (`int8_float_layer_names`).
+    """
+
+    name: str
+    builder: Callable
+    search_space: Mapping = field(default_factory=dict)
+    aliases: Mapping = field(default_factory=dict)
+    tiny: Mapping = field(default_factory=dict)
+    int8_float_layers: tuple = ()
+
+
+_ARCHITECTURES: dict[str, Architecture] = {}
 
 #: Registered model names, in registration order. Extend it with `register`.
 MODEL_NAMES: list[str] = []
@@ -38,31 +76,74 @@ MODEL_NAMES: list[str] = []
 COMMON_OPTIONS = {"dropout": 0.0}
 
 
-def register(name: str):
-    """Decorator: register `builder(x, **options) -> features` under `name`."""
+def register(name: str, builder: Callable | None = None, *, search_space: Mapping | None = None,
+             aliases: Mapping | None = None, tiny: Mapping | None = None,
+             int8_float_layers: Iterable[str] = ()):
+    """Register an architecture (see `Architecture` for the fields).
 
-    def decorator(builder: Callable) -> Callable:
-        if name in _BUILDERS and _BUILDERS[name] is not builder:
+    `register("cnn", build_cnn, ...)` registers and returns the builder; without
+    `builder` it is a decorator (`@register("cnn", ...)`). Registering another builder
+    under a taken name is a ValueError; an alias must name a builder option.
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        known = _ARCHITECTURES.get(name)
+        if known is not None and known.builder is not fn:
             raise ValueError(f"model name {name!r} is already registered")
-        if name not in _BUILDERS:
+        entry = Architecture(
+            name=name,
+            builder=fn,
+            search_space=copy.deepcopy(dict(search_space or {})),
+            aliases=dict(aliases or {}),
+            tiny=copy.deepcopy(dict(tiny or {})),
+            int8_float_layers=tuple(int8_float_layers),
+        )
+        options = _builder_options(fn)
+        for alias, option in entry.aliases.items():
+            if option not in options:
+                raise ValueError(f"model {name!r}: alias {alias!r} names {option!r}, not an option")
+        for option in entry.tiny:
+            if option not in options and option not in COMMON_OPTIONS:
+                raise ValueError(f"model {name!r}: tiny option {option!r} is not an option")
+        if known is None:
             MODEL_NAMES.append(name)
-        _BUILDERS[name] = builder
-        return builder
+        _ARCHITECTURES[name] = entry
+        return fn
 
-    return decorator
+    return decorator if builder is None else decorator(builder)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered architecture (tests that register their own)."""
+    _ARCHITECTURES.pop(name, None)
+    if name in MODEL_NAMES:
+        MODEL_NAMES.remove(name)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registry entry of `name`; ConfigError listing the names for an unknown one."""
+    if name not in _ARCHITECTURES:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return _ARCHITECTURES[name]
 
 
 def _get_builder(name: str) -> Callable:
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    return _BUILDERS[name]
+    return get_architecture(name).builder
+
+
+def _builder_options(builder: Callable) -> dict:
+    params = inspect.signature(builder).parameters.values()
+    return {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY}
+
+
+def tiny_options(name: str) -> dict:
+    """Options of a seconds-sized model of architecture `name` (its `tiny` entry)."""
+    return copy.deepcopy(dict(get_architecture(name).tiny))
 
 
 def model_options(name: str) -> dict:
     """The options model `name` accepts, with their defaults (common ones included)."""
-    params = inspect.signature(_get_builder(name)).parameters.values()
-    options = {p.name: p.default for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY}
-    return {**options, **COMMON_OPTIONS}
+    return {**_builder_options(_get_builder(name)), **COMMON_OPTIONS}
 
 
 def _check_inputs(name, input_shape, targets, head, normalization, crop):
@@ -202,3 +283,39 @@ def require(condition: bool, model: str, option: str, value, expected: str) -> N
 def spatial_size(x) -> int:
     """The smaller static side of an image tensor `[B, h, w, c]`."""
     return int(min(x.shape[1], x.shape[2]))
+
+
+def int8_float_layer_names(model: keras.Model) -> set[str]:
+    """Layers the `int8` TFLite variant keeps in float32 (`export/tflite.py`).
+
+    The rule every architecture gets:
+    - the input transforms: every layer without weights ahead of the first layer with
+      weights (`ImagePreprocess`, and `PolarUnwrap` in the polar CNN-LSTM). They are
+      fixed arithmetic on the faint pixels, where int8 saves no bytes and loses the arcs
+      (keeping the polar resampling float halved the int8 loss of the 45-minute
+      CNN-LSTM: BENCHMARKS.md);
+    - the output layers (mean, log-variance and its calibration offset);
+    plus the registry entry's `int8_float_layers` for a model named after a registered
+    architecture. Nested models (ensemble members) are searched the same way, each with
+    its own architecture's entry.
+    """
+    names = set()
+
+    def visit(container):
+        outputs = set(getattr(container, "output_names", None) or [])
+        entry = _ARCHITECTURES.get(getattr(container, "name", None))
+        own = set(entry.int8_float_layers) if entry is not None else set()
+        leading = True  # still ahead of the first layer with weights
+        for layer in getattr(container, "layers", []) or []:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if getattr(layer, "layers", None):
+                visit(layer)  # a nested model: its own inputs, outputs and entry
+                leading = False
+                continue
+            if (leading and not layer.weights) or layer.name in outputs or layer.name in own:
+                names.add(layer.name)
+            leading = leading and not layer.weights
+
+    visit(model)
+    return names

@@ -68,7 +68,16 @@ def _basic_block(x, filters, stride, name, variant, bn_momentum):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-@register("resnet")
+@register(
+    "resnet",
+    # depth 18 or 34, width = filters of the first stage, plain or xresnet stem.
+    search_space={
+        "depth": {"values": [18, 34]},
+        "width": {"values": [32, 16, 64]},
+        "variant": {"values": ["resnet", "xresnet"]},
+    },
+    tiny={"depth": 18, "width": 4},
+)
 def build_resnet(
     x,
     *,

@@ -47,7 +47,17 @@ def _transformer_block(x, dim, heads, mlp_ratio, attention_dropout, name):
     return keras.layers.Add(name=f"{name}_add2")([x, y])
 
 
-@register("vit")
+@register(
+    "vit",
+    # depth = transformer blocks, width = token width (`dim`), attention heads.
+    aliases={"width": "dim"},
+    search_space={
+        "depth": {"min": 2, "max": 8, "step": 2, "default": 6},
+        "width": {"values": [128, 64, 192]},
+        "heads": {"values": [4, 2]},
+    },
+    tiny={"dim": 16, "depth": 1, "heads": 2, "patch_size": 8},
+)
 def build_vit(
     x,
     *,
