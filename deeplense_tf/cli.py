@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("deeplense_tf.evaluation.commands", "metrics and plots of a run on a data set"),
     "predict": ("deeplense_tf.evaluation.predict_command", "predictions with uncertainties as CSV or JSON"),
     "calibrate": ("deeplense_tf.evaluation.calibrate_command", "rescale a run's predicted stds to nominal coverage"),
+    "infer-population": ("deeplense_tf.evaluation.population_command",
+                         "combine many lenses' posteriors into one shared axion mass"),
     "tune": ("deeplense_tf.training.tuning_command", "hyperparameter search with KerasTuner"),
     "ensemble": ("deeplense_tf.training.ensemble_command", "combine trained runs into one ensemble run"),
     "cluster": ("deeplense_tf.clustering.commands", "cluster intermediate-layer features of a run"),

@@ -1,0 +1,287 @@
+"""One axion mass from many lenses: combine per-lens posteriors into the shared value's.
+
+In nature every lens shares one axion mass θ = log10(m / eV); the training set drew θ
+per image from a prior π_train. The network's predictive distribution for lens i is
+(taken as) its posterior under that prior, q_i(θ) ≈ p(θ | x_i) ∝ L_i(θ) π_train(θ).
+For independent lenses that share θ, with a population prior π_pop,
+
+    p(θ | x_1..x_N) ∝ π_pop(θ) Π_i L_i(θ) ∝ π_pop(θ) Π_i q_i(θ) / π_train(θ),
+
+evaluated on a grid over π_train's support (outside it no lens was trained, and the
+true per-lens posterior is zero there). With both priors uniform over the training
+range the prior terms are constant inside it and the combination is the product of
+the per-lens densities, truncated to the range. See docs/population.md for the
+assumptions (independence, calibrated per-lens posteriors, the prior division, the
+floor set by model systematics).
+
+    from deeplense_tf.evaluation.population import combine_posteriors
+    result = combine_posteriors(predictive, prior_range=(-24.0, -22.0))
+    result.summary()     # mean, std, map, 68% / 95% intervals
+    result.narrowing()   # the same for the first 1, 2, 4, ... lenses
+
+`predictive` is a `deeplense_tf.models.predictive.Predictive` (what `Run.predict`
+gives, Gaussian, Student-t or the TTA mixture), in the target's physical units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeplense_tf.errors import DataError, RunError
+from deeplense_tf.models.predictive import Predictive
+
+DEFAULT_GRID = 2001
+INTERVAL_LEVELS = (0.68, 0.95)
+
+
+def _cumulative(grid: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """Trapezoid CDF of `density` on `grid`, normalised to end at 1."""
+    steps = 0.5 * (density[1:] + density[:-1]) * np.diff(grid)
+    cdf = np.concatenate([[0.0], np.cumsum(steps)])
+    return cdf / cdf[-1]
+
+
+def summarise(grid, log_density) -> dict:
+    """Mean, std, MAP and equal-tailed 68% / 95% intervals of a density known up to a
+    constant as `log_density` on `grid` (both `[G]`)."""
+    grid = np.asarray(grid, np.float64)
+    log_density = np.asarray(log_density, np.float64)
+    density = np.exp(log_density - np.max(log_density))
+    norm = np.trapezoid(density, grid)
+    density = density / norm
+    mean = float(np.trapezoid(grid * density, grid))
+    std = float(math.sqrt(max(np.trapezoid((grid - mean) ** 2 * density, grid), 0.0)))
+    cdf = _cumulative(grid, density)
+    out = {"mean": mean, "std": std, "map": float(grid[int(np.argmax(density))])}
+    for level in INTERVAL_LEVELS:
+        lo = float(np.interp(0.5 - level / 2.0, cdf, grid))
+        hi = float(np.interp(0.5 + level / 2.0, cdf, grid))
+        out[f"interval_{round(level * 100):d}"] = [lo, hi]
+    return out
+
+
+@dataclass
+class PopulationPosterior:
+    """The combined posterior of the shared value on a grid.
+
+    Attributes:
+        grid: `[G]` values of the shared parameter (physical units).
+        per_lens: `[N, G]` log of each lens's density ratio q_i / π_train on the grid.
+        log_population_prior: `[G]` log π_pop (up to a constant).
+        prior_range: `(lo, hi)` of the training prior.
+    """
+
+    grid: np.ndarray
+    per_lens: np.ndarray
+    log_population_prior: np.ndarray
+    prior_range: tuple[float, float]
+
+    @property
+    def lenses(self) -> int:
+        return self.per_lens.shape[0]
+
+    def log_posterior(self, n: int | None = None) -> np.ndarray:
+        """`[G]` log posterior (unnormalised) from the first `n` lenses (default all)."""
+        n = self.lenses if n is None else int(n)
+        return self.log_population_prior + self.per_lens[:n].sum(axis=0)
+
+    def density(self, n: int | None = None) -> np.ndarray:
+        """`[G]` normalised posterior density from the first `n` lenses."""
+        log_post = self.log_posterior(n)
+        density = np.exp(log_post - np.max(log_post))
+        return density / np.trapezoid(density, self.grid)
+
+    def summary(self, n: int | None = None) -> dict:
+        return summarise(self.grid, self.log_posterior(n))
+
+    def narrowing(self, counts=None) -> list[dict]:
+        """`summary` for the first n lenses, n = 1, 2, 4, ... and N (or `counts`)."""
+        if counts is None:
+            counts = sorted({*(2**k for k in range(int(math.log2(self.lenses)) + 1)), self.lenses})
+        cumulative = self.log_population_prior + np.cumsum(self.per_lens, axis=0)
+        return [dict(n=int(n), **summarise(self.grid, cumulative[n - 1])) for n in counts]
+
+
+def combine_posteriors(
+    predictive: Predictive,
+    prior_range,
+    *,
+    grid_size: int = DEFAULT_GRID,
+    log_train_prior=None,
+    log_population_prior=None,
+) -> PopulationPosterior:
+    """Combine N per-lens posteriors into the posterior of one shared value.
+
+    Args:
+        predictive: the N lenses' predictive distributions (physical units).
+        prior_range: `(lo, hi)`, the support of the training prior; the grid spans it.
+        grid_size: grid points (the default resolves 1e-3 dex over a 2-dex range).
+        log_train_prior: callable `grid -> [G]` log π_train (up to a constant); default
+            uniform over `prior_range` (constant: dividing it out changes nothing inside).
+        log_population_prior: callable `grid -> [G]` log π_pop; default uniform over
+            `prior_range`.
+
+    Returns:
+        `PopulationPosterior`. Raises DataError when there is no lens.
+    """
+    lo, hi = (float(v) for v in prior_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise DataError(f"population inference: prior range must be (lo, hi) with lo < hi, got {prior_range}")
+    if len(predictive) == 0:
+        raise DataError("population inference: no lens to combine")
+    if grid_size < 3:
+        raise DataError(f"population inference: grid_size must be at least 3, got {grid_size}")
+    grid = np.linspace(lo, hi, int(grid_size))
+    per_lens = predictive.log_density_grid(grid)
+    if log_train_prior is not None:
+        per_lens = per_lens - np.asarray(log_train_prior(grid), np.float64)[None, :]
+    log_pop = np.zeros_like(grid) if log_population_prior is None else np.asarray(
+        log_population_prior(grid), np.float64
+    )
+    return PopulationPosterior(grid=grid, per_lens=per_lens, log_population_prior=log_pop,
+                               prior_range=(lo, hi))
+
+
+def training_prior_range(run, target: str) -> tuple[tuple[float, float], str]:
+    """The training prior's support of `target` and where it was read.
+
+    The preset named in the run's data manifest (its `log10_m_axion_range_ev` for the
+    axion mass: the prior the simulator drew from); otherwise the train split's
+    min..max from the manifest's `target_stats` (an estimate of the support).
+    RunError when neither is there.
+    """
+    from deeplense_tf.simulation.presets import AXION_TARGET, get_preset
+
+    manifest = getattr(run, "manifest", None) or {}
+    preset_name = manifest.get("preset")
+    if preset_name and target == AXION_TARGET:
+        try:
+            preset = get_preset(preset_name)
+        except Exception:  # an unknown (newer or custom) preset: fall back to the manifest
+            preset = None
+        if preset is not None:
+            lo, hi = preset.log10_m_axion_range_ev
+            return (float(lo), float(hi)), f"uniform, preset {preset_name}"
+    stats = (manifest.get("target_stats") or {}).get(target) or {}
+    if "min" in stats and "max" in stats:
+        return (float(stats["min"]), float(stats["max"])), "uniform, train split min..max"
+    raise RunError(
+        f"{getattr(run, 'path', 'the run')}: cannot tell the training prior of {target} (no preset "
+        f"or target_stats in data_manifest.json); pass --prior-range LO HI"
+    )
+
+
+def infer_population(
+    run,
+    examples,
+    *,
+    target: str | None = None,
+    tta: bool = False,
+    prior_range=None,
+    grid_size: int = DEFAULT_GRID,
+    batch_size: int = 256,
+) -> tuple[dict, PopulationPosterior]:
+    """Predict every lens of `examples` with `run` and combine them for `target`.
+
+    Returns `(result, posterior)`: `result` is what population.json holds (target,
+    lenses, prior, posterior summary, narrowing; the truth when the data set gives one
+    value for all lenses, or its spread otherwise).
+    """
+    target = target or run.targets[0]
+    if target not in run.targets:
+        raise DataError(f"the run predicts {', '.join(run.targets)}, not {target}")
+    if run.head == "point":
+        raise RunError(
+            f"{getattr(run, 'path', 'the run')}: a point head gives no per-lens posterior; "
+            "population inference needs a probabilistic head"
+        )
+    images = examples.images
+    truth = examples.targets.get(target)
+    if truth is not None:
+        truth = np.asarray(truth, np.float64)
+        keep = np.isfinite(truth)
+        if not keep.any():
+            raise DataError(f"{examples.source}: no example has a value of {target}")
+        images, truth = images[keep], truth[keep]
+    # Unlabelled data are fine (the combination needs no truth); run.predict checks shapes.
+    if images.shape[0] == 0:
+        raise DataError(f"{examples.source}: no images")
+    if prior_range is None:
+        prior_range, prior_source = training_prior_range(run, target)
+    else:
+        prior_source = "uniform, given"
+    prediction = run.predict(images, batch_size=batch_size, tta=tta)[target]
+    predictive = Predictive.from_prediction(prediction)
+    posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size)
+    result = {
+        "data": str(examples.source),
+        "target": target,
+        "lenses": int(len(predictive)),
+        "tta": bool(tta),
+        "family": predictive.family,
+        "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
+        "grid": int(grid_size),
+        "posterior": posterior.summary(),
+        "narrowing": posterior.narrowing(),
+    }
+    if truth is not None:
+        result["truth"] = {"mean": float(truth.mean()), "min": float(truth.min()),
+                           "max": float(truth.max()), "shared": bool(np.ptp(truth) < 1e-9)}
+    return result, posterior
+
+
+def plot_population(result: dict, posterior: PopulationPosterior, path, *, shown_lenses: int = 12):
+    """Write the figure: the combined posterior (with a few single-lens ones) and its
+    width against the number of lenses, with the 1/sqrt(N) line from one lens."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from deeplense_tf.evaluation.plots import axis_label
+
+    label = axis_label(result["target"])
+    truth = (result.get("truth") or {})
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    grid = posterior.grid
+    for k in range(min(shown_lenses, posterior.lenses)):
+        single = np.exp(posterior.per_lens[k] - posterior.per_lens[k].max())
+        single /= np.trapezoid(single, grid)
+        left.plot(grid, single, color="tab:gray", lw=0.8, alpha=0.6,
+                  label="single lenses" if k == 0 else None)
+    summary = result["posterior"]
+    left.plot(grid, posterior.density(), color="tab:blue", lw=2.0,
+              label=f"{posterior.lenses} lenses: {summary['mean']:.3f} ± {summary['std']:.3f}")
+    lo95, hi95 = summary["interval_95"]
+    left.axvspan(lo95, hi95, color="tab:blue", alpha=0.12, label="95% interval")
+    if truth.get("shared"):
+        left.axvline(truth["mean"], color="k", ls="--", lw=1.2, label=f"truth {truth['mean']:.3f}")
+    left.set_yscale("log")
+    top = float(posterior.density().max())
+    left.set_ylim(top * 1e-4, top * 2.0)
+    left.set_xlabel(label)
+    left.set_ylabel("posterior density")
+    left.set_title("Combined posterior of the shared value")
+    left.legend(loc="best", fontsize=8)
+
+    rows = result["narrowing"]
+    counts = np.array([r["n"] for r in rows], np.float64)
+    widths = np.array([r["std"] for r in rows])
+    right.plot(counts, widths, "o-", color="tab:blue", label="posterior std")
+    right.plot(counts, widths[0] / np.sqrt(counts), "k--", lw=1.0, label="std of 1 lens / sqrt(N)")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("lenses combined N")
+    right.set_ylabel(f"posterior std of {label}")
+    right.set_title("How the posterior narrows as lenses are added")
+    right.legend(loc="best", fontsize=8)
+    fig.suptitle(f"Population inference on {result['lenses']} lenses of {result['data']}", fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

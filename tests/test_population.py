@@ -1,0 +1,131 @@
+"""Population inference: the combination against analytic answers, and the predictive
+distributions (Gaussian, Student-t, mixtures) it and the coverage metrics rely on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from deeplense_tf.errors import DataError
+from deeplense_tf.evaluation.population import combine_posteriors, summarise
+from deeplense_tf.models.predictive import Predictive
+
+
+def test_gaussian_lenses_under_a_uniform_prior_give_the_analytic_product():
+    # Product of N(m_i, s_i^2) is N(sum(m_i / s_i^2) / sum(1 / s_i^2), 1 / sum(1 / s_i^2));
+    # well inside the prior range the truncation does not matter.
+    rng = np.random.default_rng(1)
+    means = rng.normal(-23.0, 0.1, size=40)
+    stds = rng.uniform(0.08, 0.25, size=40)  # single lenses 4+ std from the range's edges
+    posterior = combine_posteriors(Predictive(means, stds), (-24.0, -22.0), grid_size=4001)
+    precision = np.sum(1.0 / stds**2)
+    expected_mean = np.sum(means / stds**2) / precision
+    expected_std = 1.0 / math.sqrt(precision)
+    got = posterior.summary()
+    assert got["mean"] == pytest.approx(expected_mean, abs=1e-5)
+    assert got["std"] == pytest.approx(expected_std, rel=1e-3)
+    assert got["map"] == pytest.approx(expected_mean, abs=1e-3)
+    lo, hi = got["interval_95"]
+    assert lo == pytest.approx(expected_mean - 1.95996 * expected_std, abs=2e-4)
+    assert hi == pytest.approx(expected_mean + 1.95996 * expected_std, abs=2e-4)
+    # Narrowing: the first n lenses, every row the analytic product of those n.
+    for row in posterior.narrowing():
+        n = row["n"]
+        assert row["std"] == pytest.approx(1.0 / math.sqrt(np.sum(1.0 / stds[:n] ** 2)), rel=2e-3)
+    assert [r["n"] for r in posterior.narrowing()] == [1, 2, 4, 8, 16, 32, 40]
+
+
+def test_dividing_out_a_gaussian_training_prior():
+    # Posterior N(m_i, s^2) under a prior N(0, tau^2): the likelihood is Gaussian with
+    # precision 1/s^2 - 1/tau^2 and mean m_i (1/s^2) / (1/s^2 - 1/tau^2).
+    tau, s = 1.0, 0.5
+    means = np.array([0.3, 0.1, 0.45, 0.2])
+    like_precision = 1 / s**2 - 1 / tau**2
+    like_means = means / s**2 / like_precision
+    expected_mean = like_means.mean()
+    expected_std = 1.0 / math.sqrt(len(means) * like_precision)
+    posterior = combine_posteriors(
+        Predictive(means, np.full(4, s)), (-6.0, 6.0), grid_size=6001,
+        log_train_prior=lambda g: -0.5 * (g / tau) ** 2,
+    )
+    got = posterior.summary()
+    assert got["mean"] == pytest.approx(expected_mean, abs=1e-4)
+    assert got["std"] == pytest.approx(expected_std, rel=1e-3)
+    # Without the division the answer is visibly different (the prior counted 4 times).
+    wrong = combine_posteriors(Predictive(means, np.full(4, s)), (-6.0, 6.0)).summary()
+    assert abs(wrong["mean"] - expected_mean) > 0.05
+
+
+def test_a_posterior_at_the_prior_edge_is_truncated_there():
+    posterior = combine_posteriors(Predictive([-22.0], [0.3]), (-24.0, -22.0))
+    got = posterior.summary()
+    # Half-normal on the left of -22: mean -22 - s sqrt(2/pi).
+    assert got["mean"] == pytest.approx(-22.0 - 0.3 * math.sqrt(2 / math.pi), abs=1e-3)
+    assert got["interval_95"][1] <= -22.0
+
+
+def test_bad_inputs_are_data_errors():
+    with pytest.raises(DataError, match="lo < hi"):
+        combine_posteriors(Predictive([0.0], [1.0]), (1.0, 1.0))
+    with pytest.raises(DataError, match="no lens"):
+        combine_posteriors(Predictive(np.zeros(0), np.zeros(0)), (0.0, 1.0))
+
+
+def test_summarise_a_uniform_density():
+    grid = np.linspace(0.0, 1.0, 1001)
+    got = summarise(grid, np.zeros_like(grid))
+    assert got["mean"] == pytest.approx(0.5)
+    assert got["std"] == pytest.approx(1 / math.sqrt(12), rel=1e-4)
+    assert got["interval_68"] == pytest.approx([0.16, 0.84], abs=1e-6)
+
+
+# --- the predictive distributions --------------------------------------------------------
+
+
+def test_student_t_matches_scipy_with_the_std_as_given():
+    mean, std, df = np.array([0.5, -1.0]), np.array([2.0, 0.3]), np.array([3.0, 12.0])
+    pred = Predictive(mean, std, df)
+    scale = std * np.sqrt((df - 2) / df)
+    y = np.array([1.7, -0.2])
+    assert pred.cdf(y) == pytest.approx(stats.t.cdf(y, df, loc=mean, scale=scale), rel=1e-10)
+    assert pred.logpdf(y) == pytest.approx(stats.t.logpdf(y, df, loc=mean, scale=scale), rel=1e-10)
+    assert stats.t.std(df, scale=scale) == pytest.approx(std)
+    lo, hi = pred.interval(0.9)
+    assert lo == pytest.approx(stats.t.ppf(0.05, df, loc=mean, scale=scale), abs=1e-8)
+    assert hi == pytest.approx(stats.t.ppf(0.95, df, loc=mean, scale=scale), abs=1e-8)
+    with pytest.raises(ValueError, match="df > 2"):
+        Predictive([0.0], [1.0], [2.0])
+
+
+def test_mixture_cdf_logpdf_moments_and_nan_components():
+    means = np.array([[0.0, 1.0], [2.0, np.nan]])  # second example: one usable component
+    stds = np.array([[1.0, 0.5], [0.5, 0.5]])
+    pred = Predictive(means, stds)
+    y = np.array([1.0, 1.0])
+    expected_cdf = [0.5 * (stats.norm.cdf(1.0, 0, 1) + stats.norm.cdf(1.0, 2, 0.5)),
+                    stats.norm.cdf(1.0, 1.0, 0.5)]
+    assert pred.cdf(y) == pytest.approx(expected_cdf, rel=1e-10)
+    expected_pdf = 0.5 * (stats.norm.pdf(1.0, 0, 1) + stats.norm.pdf(1.0, 2, 0.5))
+    assert pred.logpdf(y)[0] == pytest.approx(math.log(expected_pdf), rel=1e-10)
+    mean, std = pred.moments()
+    assert mean == pytest.approx([1.0, 1.0])
+    assert std[0] == pytest.approx(math.sqrt(0.5 * (1 + 0.25) + 1.0))
+    assert std[1] == pytest.approx(0.5)
+
+
+def test_coverage_of_draws_from_the_distribution_is_nominal():
+    # Heavy-tailed draws: the t's own intervals cover at their rates, the Gaussian's with
+    # the same std do not (too wide at 68%, too narrow at 99%).
+    rng = np.random.default_rng(0)
+    n, df = 40000, 3.0
+    std = rng.uniform(0.5, 2.0, n)
+    scale = std * math.sqrt((df - 2) / df)
+    y = scale * rng.standard_t(df, n)
+    levels = [0.68, 0.95, 0.99]
+    t_cov = Predictive(np.zeros(n), std, np.full(n, df)).central_coverage(y, levels)
+    assert t_cov == pytest.approx(levels, abs=0.01)
+    g_cov = Predictive(np.zeros(n), std).central_coverage(y, levels)
+    assert g_cov[0] > 0.75 and g_cov[2] < 0.98
