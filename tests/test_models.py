@@ -7,6 +7,10 @@ model on a 2-core machine.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -450,3 +454,89 @@ def test_reestimated_batchnorm_matches_training_mode_on_that_batch():
     conv = keras.Model(model2.inputs[0], model2.get_layer("cnn_block0_conv0").output)
     means = [conv(x).numpy().mean(axis=(0, 1, 2)) for x in (a, b)]
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-4, atol=1e-6)
+
+
+# --- `import deeplense_tf` registers every Keras object ------------------------------------
+
+_RELOAD = """
+import sys
+{imports}
+import keras, numpy as np
+model = keras.saving.load_model(sys.argv[1])
+assert model.optimizer is not None and model.optimizer.iterations.numpy() == 1, "not compiled"
+out = model(np.load(sys.argv[2]), training=False)
+np.savez(sys.argv[3], **{{k: keras.ops.convert_to_numpy(v) for k, v in out.items()}})
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_run_model(tmp_path_factory):
+    """A compiled, once-trained model.keras as a run writes it (schedule, loss, metrics, layers)."""
+    from deeplense_tf.training import compile_model, load_config
+
+    folder = tmp_path_factory.mktemp("saved")
+    model = build_model("cnn_lstm", SHAPE, TARGETS, crop=48, **TINY["cnn_lstm"])
+    compile_model(model, load_config("smoke"), steps_per_epoch=4)
+    images = _images()
+    model.fit(images, _targets(), epochs=1, batch_size=2, verbose=0)
+    path = folder / "model.keras"
+    model.save(path)
+    np.save(folder / "images.npy", images)
+    expected = {k: v.numpy() for k, v in model(images, training=False).items()}
+    return path, folder / "images.npy", expected
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import deeplense_tf",  # the promise: the package alone, Keras imported after it
+        "import keras\nimport deeplense_tf",  # Keras first: registration happens at once
+        "import deeplense_tf.data",  # any sub-package import is the package import too
+    ],
+)
+def test_model_keras_reloads_in_a_fresh_process_after_import_deeplense_tf(
+    saved_run_model, imports, tmp_path
+):
+    path, images, expected = saved_run_model
+    out = tmp_path / "out.npz"
+    code = _RELOAD.format(imports=imports)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(images), str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(out)
+    for target in TARGETS:
+        np.testing.assert_allclose(got[target], expected[target], atol=1e-6)
+
+
+def test_without_deeplense_tf_the_model_does_not_reload(saved_run_model, tmp_path):
+    # The test above can fail: plain Keras does not know our layers.
+    path, images, _ = saved_run_model
+    code = _RELOAD.format(imports="")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(images), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "deeplense" in result.stderr
+
+
+def test_package_import_is_light_and_lists_every_keras_object_module():
+    import deeplense_tf
+
+    # Importing the package loads neither TensorFlow nor Keras (simulation workers,
+    # `deeplense --help`); the registration waits for Keras's own import.
+    code = ("import sys, deeplense_tf\n"
+            "heavy = {'tensorflow', 'keras'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    # Every module that registers a Keras object is in the list the package imports.
+    root = Path(deeplense_tf.__file__).parent
+    registering = {
+        "deeplense_tf." + ".".join(p.relative_to(root).with_suffix("").parts)
+        for p in root.rglob("*.py")
+        if "register_keras_serializable(" in p.read_text()
+    }
+    assert registering == set(deeplense_tf.KERAS_OBJECT_MODULES)
