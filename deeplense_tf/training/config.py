@@ -16,6 +16,16 @@ the whole validation split) and `bn_recalibration_batches` (training batches use
 re-estimate BatchNorm statistics after training; 0 = off) and `calibrate_variance`
 (Gaussian head: scale the predicted standard deviations so that the validation
 split's coverage matches the nominal levels; `deeplense_tf.evaluation.calibration`).
+
+The schema is typed: `ExperimentConfig` (sections `DataConfig`, `ModelConfig`,
+`TrainingConfig`) holds every key with its default, its allowed types and its range
+check, and `ExperimentConfig.from_dict` is the one validation (a `ConfigError` naming the
+dotted key and the bad value). `DEFAULT_CONFIG` is its defaults as a dict, and
+`load_config` still returns the validated nested dict that the YAML files, `--set
+key=value` and `RUN/config.yaml` hold; `load_experiment` returns the dataclass.
+
+The dotted-key helpers (`get_dotted`, `set_dotted`, `expand_dotted`, `deep_update`) are
+the package's one copy; training, tuning and the benchmarks use these.
 """
 
 from __future__ import annotations
@@ -25,53 +35,13 @@ import difflib
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from deeplense_tf.errors import ConfigError
-
-DEFAULT_CONFIG: dict = {
-    "seed": 0,
-    "smoke": False,
-    "data": {
-        "path": None,
-        "targets": None,
-        "augment": "d4",
-        "cache": True,
-    },
-    "model": {
-        "name": "resnet",
-        "head": "gaussian",
-        "normalization": "peak_asinh",
-        "crop": 48,
-        "options": {},
-    },
-    "training": {
-        "epochs": 30,
-        "batch_size": 64,
-        "learning_rate": 1.0e-3,
-        "weight_decay": 1.0e-4,
-        "warmup_epochs": 1,
-        "point_loss": "huber",
-        "early_stopping_patience": 10,
-        "mixed_precision": False,
-        "strategy": "default",
-        "steps_per_epoch": None,
-        "time_budget_minutes": None,
-        "init_from": None,
-        "freeze_encoder_epochs": 0,
-        "finetune_lr_factor": 0.1,
-        "final_lr_fraction": 0.0,
-        "huber_delta": 1.0,
-        "clip_norm": None,
-        "monitor": "val_loss",
-        "validation_steps": None,
-        "bn_recalibration_batches": 50,
-        "calibrate_variance": True,
-    },
-}
 
 AUGMENT_MODES = ("none", "exact", "d4")
 HEADS = ("gaussian", "point")
@@ -89,9 +59,6 @@ SMOKE_LIMITS = {
 }
 
 _INT, _FLOAT, _STR, _BOOL = "int", "float", "str", "bool"
-
-# dotted key -> (allowed kinds, check(value) -> problem or None). "null" allows None.
-_SPEC: dict[str, tuple[tuple[str, ...], object]] = {}
 
 
 def _positive(v):
@@ -117,42 +84,134 @@ def _one_of(choices):
     return check
 
 
-def _spec(key, kinds, check=None):
-    _SPEC[key] = (kinds, check)
+def _key(default, kinds, check=None):
+    """A config key: its default, the kinds it may take ("null" allows None) and a range
+    check `check(value) -> problem or None`."""
+    metadata = {"kinds": kinds, "check": check}
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-_spec("seed", (_INT,), _non_negative)
-_spec("smoke", (_BOOL,))
-_spec("data.path", (_STR, "null"))
-_spec("data.targets", ("list[str]", "null"))
-_spec("data.augment", (_STR,), _one_of(AUGMENT_MODES))
-_spec("data.cache", (_BOOL,))
-_spec("model.name", (_STR,))
-_spec("model.head", (_STR,), _one_of(HEADS))
-_spec("model.normalization", (_STR,))
-_spec("model.crop", (_INT, "null"), _at_least_one)
-_spec("model.options", ("dict",))
-_spec("training.epochs", (_INT,), _at_least_one)
-_spec("training.batch_size", (_INT,), _at_least_one)
-_spec("training.learning_rate", (_FLOAT,), _positive)
-_spec("training.weight_decay", (_FLOAT,), _non_negative)
-_spec("training.warmup_epochs", (_FLOAT,), _non_negative)
-_spec("training.point_loss", (_STR,), _one_of(POINT_LOSSES))
-_spec("training.early_stopping_patience", (_INT, "null"), _at_least_one)
-_spec("training.mixed_precision", (_BOOL,))
-_spec("training.strategy", (_STR,), _one_of(STRATEGIES))
-_spec("training.steps_per_epoch", (_INT, "null"), _at_least_one)
-_spec("training.time_budget_minutes", (_FLOAT, "null"), _positive)
-_spec("training.init_from", (_STR, "null"))
-_spec("training.freeze_encoder_epochs", (_INT,), _non_negative)
-_spec("training.finetune_lr_factor", (_FLOAT,), _positive)
-_spec("training.final_lr_fraction", (_FLOAT,), _fraction)
-_spec("training.huber_delta", (_FLOAT,), _positive)
-_spec("training.clip_norm", (_FLOAT, "null"), _positive)
-_spec("training.monitor", (_STR,))
-_spec("training.validation_steps", (_INT, "null"), _at_least_one)
-_spec("training.bn_recalibration_batches", (_INT,), _non_negative)
-_spec("training.calibrate_variance", (_BOOL,))
+@dataclass
+class DataConfig:
+    path: str | None = _key(None, (_STR, "null"))
+    targets: list[str] | None = _key(None, ("list[str]", "null"))
+    augment: str = _key("d4", (_STR,), _one_of(AUGMENT_MODES))
+    cache: bool = _key(True, (_BOOL,))
+
+
+@dataclass
+class ModelConfig:
+    name: str = _key("resnet", (_STR,))
+    head: str = _key("gaussian", (_STR,), _one_of(HEADS))
+    normalization: str = _key("peak_asinh", (_STR,))
+    crop: int | None = _key(48, (_INT, "null"), _at_least_one)
+    options: dict = _key({}, ("dict",))  # free-form: the builder's keyword arguments
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = _key(30, (_INT,), _at_least_one)
+    batch_size: int = _key(64, (_INT,), _at_least_one)
+    learning_rate: float = _key(1.0e-3, (_FLOAT,), _positive)
+    weight_decay: float = _key(1.0e-4, (_FLOAT,), _non_negative)
+    warmup_epochs: float = _key(1, (_FLOAT,), _non_negative)
+    point_loss: str = _key("huber", (_STR,), _one_of(POINT_LOSSES))
+    early_stopping_patience: int | None = _key(10, (_INT, "null"), _at_least_one)
+    mixed_precision: bool = _key(False, (_BOOL,))
+    strategy: str = _key("default", (_STR,), _one_of(STRATEGIES))
+    steps_per_epoch: int | None = _key(None, (_INT, "null"), _at_least_one)
+    time_budget_minutes: float | None = _key(None, (_FLOAT, "null"), _positive)
+    init_from: str | None = _key(None, (_STR, "null"))
+    freeze_encoder_epochs: int = _key(0, (_INT,), _non_negative)
+    finetune_lr_factor: float = _key(0.1, (_FLOAT,), _positive)
+    final_lr_fraction: float = _key(0.0, (_FLOAT,), _fraction)
+    huber_delta: float = _key(1.0, (_FLOAT,), _positive)
+    clip_norm: float | None = _key(None, (_FLOAT, "null"), _positive)
+    monitor: str = _key("val_loss", (_STR,))
+    validation_steps: int | None = _key(None, (_INT, "null"), _at_least_one)
+    bn_recalibration_batches: int = _key(50, (_INT,), _non_negative)
+    calibrate_variance: bool = _key(True, (_BOOL,))
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment config, typed. `from_dict` validates; `to_dict` is the YAML form."""
+
+    seed: int = _key(0, (_INT,), _non_negative)
+    smoke: bool = _key(False, (_BOOL,))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        """The nested dict of `RUN/config.yaml` (key order: the fields')."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: Mapping, source: str = "config") -> ExperimentConfig:
+        """The one validation: every key known, every value of its kind and in range,
+        and the rules that tie keys together. Numbers are normalised (`1e-3` read as a
+        string by YAML 1.1 is the float it means, an int learning rate a float).
+
+        Raises:
+            ConfigError "<source>: <dotted key> <problem>, got <value>".
+        """
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{source}: must be a mapping of keys, got {type(config).__name__}")
+        values = {}
+        for section in fields(cls):
+            if section.name in _SECTIONS:
+                node = config.get(section.name)
+                if not isinstance(node, Mapping):
+                    raise ConfigError(f"{source}: {section.name} is a section; give it a mapping of keys")
+                section_cls = _SECTIONS[section.name]
+                for key in node:
+                    if key not in _FIELD_NAMES[section.name]:
+                        raise ConfigError(_unknown_key_message(f"{section.name}.{key}", source))
+                values[section.name] = section_cls(**{
+                    f.name: _check_value(f"{section.name}.{f.name}", f, node.get(f.name), source)
+                    for f in fields(section_cls)
+                })
+            else:
+                values[section.name] = _check_value(section.name, section, config.get(section.name), source)
+        for key in config:
+            if key not in _FIELD_NAMES[""]:
+                raise ConfigError(_unknown_key_message(key, source))
+        experiment = cls(**values)
+        experiment._check_rules(source)
+        return experiment
+
+    def _check_rules(self, source: str) -> None:
+        for name in self.model.options:
+            if not isinstance(name, str):
+                raise ConfigError(f"{source}: model.options keys must be strings, got {name!r}")
+        _check_names(self, source)
+        t = self.training
+        if t.freeze_encoder_epochs and not t.init_from:
+            raise ConfigError(
+                f"{source}: training.freeze_encoder_epochs needs training.init_from "
+                "(freezing a randomly initialised encoder trains only the head)"
+            )
+        if t.freeze_encoder_epochs > t.epochs:
+            raise ConfigError(
+                f"{source}: training.freeze_encoder_epochs ({t.freeze_encoder_epochs}) is more "
+                f"than training.epochs ({t.epochs})"
+            )
+        monitor = t.monitor
+        if not (monitor in ("val_loss", "val_mae") or (monitor.startswith("val_") and monitor.endswith("_mae"))):
+            raise ConfigError(
+                f"{source}: training.monitor must be val_loss, val_mae or val_<target>_mae, got {monitor!r}"
+            )
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+_FIELD_NAMES = {"": [f.name for f in fields(ExperimentConfig)],
+                **{name: [f.name for f in fields(cls)] for name, cls in _SECTIONS.items()}}
+
+#: The defaults as the nested dict the YAML files hold (configs/default.yaml is this).
+DEFAULT_CONFIG: dict = ExperimentConfig().to_dict()
 
 # Sections whose keys are free-form (builder keyword arguments).
 _FREE_FORM = ("model.options",)
@@ -197,8 +256,33 @@ def read_yaml(path) -> dict:
     return loaded
 
 
-def _expand_dotted(overrides: Mapping) -> dict:
-    """{"training.epochs": 3} -> {"training": {"epochs": 3}}; nested dicts pass through."""
+# --- dotted keys: the package's one copy ---------------------------------------------------
+
+
+def get_dotted(config: Mapping, dotted: str, default=None):
+    """`get_dotted(config, "training.epochs")`; `default` when a part is missing."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_dotted(config: dict, dotted: str, value) -> None:
+    """`set_dotted(config, "model.options.width", 16)`, in place; missing sections are made."""
+    node = config
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is set both as a value and a section")
+    node[parts[-1]] = value
+
+
+def expand_dotted(overrides: Mapping) -> dict:
+    """{"training.epochs": 3} -> {"training": {"epochs": 3}}; nested mappings are expanded
+    too and merge with what dotted keys set in the same section."""
     out: dict = {}
     for key, value in overrides.items():
         parts = str(key).split(".")
@@ -208,19 +292,24 @@ def _expand_dotted(overrides: Mapping) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is set both as a value and a section")
         if isinstance(value, Mapping):
-            node[parts[-1]] = _plain_update(node.get(parts[-1], {}), _expand_dotted(value))
+            node[parts[-1]] = deep_update(node.get(parts[-1], {}), expand_dotted(value))
         else:
-            node[parts[-1]] = value
+            node[parts[-1]] = copy.deepcopy(value)
     return out
 
 
-def _plain_update(base, update: Mapping) -> dict:
-    out = dict(base) if isinstance(base, dict) else {}
+def deep_update(base, update: Mapping, *, replace: tuple = ()) -> dict:
+    """A copy of `base` (a dict, else {}) with `update` merged in, section by section.
+
+    Keys named in `replace` take `update`'s value whole instead of being merged (the
+    tuner: `model.options` given on the command line replace a space file's options).
+    """
+    out = copy.deepcopy(base) if isinstance(base, dict) else {}
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _plain_update(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in replace:
+            out[key] = deep_update(out[key], value, replace=replace)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
     return out
 
 
@@ -254,8 +343,8 @@ def _unknown_key_message(dotted: str, source: str) -> str:
     return f"{source}: unknown config key {dotted}{hint}; known keys here: {', '.join(choices)}"
 
 
-def _check_value(key: str, value, source: str):
-    kinds, check = _SPEC[key]
+def _check_value(key: str, spec, value, source: str):
+    kinds, check = spec.metadata["kinds"], spec.metadata["check"]
     if value is None:
         if "null" in kinds:
             return None
@@ -268,7 +357,7 @@ def _check_value(key: str, value, source: str):
         problem = check(converted)
         if problem:
             raise ConfigError(f"{source}: {key} {problem}, got {value!r}")
-    return converted
+    return copy.deepcopy(converted)
 
 
 _BAD = object()
@@ -301,48 +390,17 @@ def _convert(value, kinds):
     return _BAD
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Check every key and value of a full config; returns a copy with numbers normalised."""
-    out = copy.deepcopy(config)
-    for key in _SPEC:
-        section, _, name = key.rpartition(".")
-        node = out[section] if section else out
-        node[name] = _check_value(key, node.get(name), source)
-    for key, value in out.items():
-        if key not in DEFAULT_CONFIG:
-            raise ConfigError(_unknown_key_message(key, source))
-        if isinstance(DEFAULT_CONFIG[key], dict):
-            unknown = sorted(set(value) - set(DEFAULT_CONFIG[key]))
-            if unknown:
-                raise ConfigError(_unknown_key_message(f"{key}.{unknown[0]}", source))
-    for name in out["model"]["options"]:
-        if not isinstance(name, str):
-            raise ConfigError(f"{source}: model.options keys must be strings, got {name!r}")
-    _check_names(out, source)
-    t = out["training"]
-    if t["freeze_encoder_epochs"] and not t["init_from"]:
-        raise ConfigError(
-            f"{source}: training.freeze_encoder_epochs needs training.init_from "
-            "(freezing a randomly initialised encoder trains only the head)"
-        )
-    if t["freeze_encoder_epochs"] > t["epochs"]:
-        raise ConfigError(
-            f"{source}: training.freeze_encoder_epochs ({t['freeze_encoder_epochs']}) is more "
-            f"than training.epochs ({t['epochs']})"
-        )
-    monitor = t["monitor"]
-    if not (monitor in ("val_loss", "val_mae") or (monitor.startswith("val_") and monitor.endswith("_mae"))):
-        raise ConfigError(
-            f"{source}: training.monitor must be val_loss, val_mae or val_<target>_mae, got {monitor!r}"
-        )
-    return out
+def validate_config(config: Mapping, source: str = "config") -> dict:
+    """Check every key and value of a full config (`ExperimentConfig.from_dict`); returns
+    a new dict with numbers normalised."""
+    return ExperimentConfig.from_dict(config, source).to_dict()
 
 
-def _check_names(config: dict, source: str):
+def _check_names(config: ExperimentConfig, source: str):
     """Model and normalisation names, checked against the modules that define them."""
     from deeplense_tf.data.transforms import NORMALIZATIONS
 
-    norm = config["model"]["normalization"]
+    norm = config.model.normalization
     if norm not in NORMALIZATIONS:
         raise ConfigError(
             f"{source}: model.normalization must be one of {', '.join(NORMALIZATIONS)}, got {norm!r}"
@@ -351,7 +409,7 @@ def _check_names(config: dict, source: str):
         from deeplense_tf.models import MODEL_NAMES
     except ImportError:  # the models package checks the name itself when it builds
         return
-    name = config["model"]["name"]
+    name = config.model.name
     if name not in MODEL_NAMES:
         raise ConfigError(f"{source}: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
@@ -392,11 +450,16 @@ def load_config(path=None, overrides: Mapping | None = None) -> dict:
         source = f"config {path}"
         config = _merge(config, read_yaml(resolved), source=source)
     if overrides:
-        config = _merge(config, _expand_dotted(overrides), source="override")
+        config = _merge(config, expand_dotted(overrides), source="override")
     config = validate_config(config, source=source)
     if config["smoke"]:
         config = apply_smoke(config)
     return config
+
+
+def load_experiment(path=None, overrides: Mapping | None = None) -> ExperimentConfig:
+    """`load_config(path, overrides)` as the typed `ExperimentConfig`."""
+    return ExperimentConfig.from_dict(load_config(path, overrides))
 
 
 def config_to_yaml(config: dict) -> str:
@@ -427,12 +490,7 @@ def write_text_atomic(path, text: str):
         raise
 
 
-def get(config: dict, dotted: str):
-    """`get(config, "training.epochs")`."""
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+get = get_dotted  # the name notebooks and scripts written before get_dotted use
 
 
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
