@@ -361,7 +361,7 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         "# test-time augmentation (average over the 8 D4 symmetries) and other data sets",
         f"deeplense evaluate --run {run_s} --tta --out {out.as_posix()}/eval-tta",
         "# predictions with uncertainties for any images (.npy, .npz, .h5, DeepLense folders)",
-        f"deeplense predict --run {run_s} {data_s} --out {out.as_posix()}/predictions.csv",
+        f"deeplense predict --run {run_s} --data {data_s} --out {out.as_posix()}/predictions.csv",
         "# more data and a longer training: the accuracy benchmark setting",
         f"deeplense simulate --preset {PRESET} --num 40000 --out data/model2",
         "deeplense train --data data/model2 --model resnet --out runs/resnet --epochs 30",

@@ -37,3 +37,45 @@ def test_user_error_is_one_line_without_traceback():
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no-such-preset" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder `Run.load` accepts (untrained 4-filter CNN on 16x16) and an .npz data set."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from deeplense_tf.models import build_model
+
+    root = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    target, shape = "log10_m_axion_ev", (16, 16, 1)
+    run = root / "run"
+    run.mkdir()
+    build_model("cnn", shape, [target], width=4, blocks=2, convs_per_block=1).save(run / "model.keras")
+    (run / "config.yaml").write_text("seed: 0\nmodel: {name: cnn, head: gaussian}\n")
+    (run / "target_stats.json").write_text(json.dumps({target: {"mean": -23.0, "std": 0.58}}))
+    (run / "run.json").write_text(json.dumps({
+        "format_version": 1, "deeplense_tf": "0.1.0", "model": "cnn", "head": "gaussian",
+        "targets": [target], "input_shape": list(shape), "complete": True,
+    }))
+    rng = np.random.default_rng(0)
+    for name, n in (("a", 5), ("b", 3)):
+        np.savez(root / f"{name}.npz", images=rng.gamma(2.0, 0.1, (n, *shape)).astype("float32"),
+                 **{target: rng.uniform(-24, -22, n).astype("float32")})
+    return root
+
+
+def test_predict_takes_data_like_the_other_commands(tiny_run, tmp_path, capsys):
+    run, a, b = str(tiny_run / "run"), str(tiny_run / "a.npz"), str(tiny_run / "b.npz")
+    assert main(["predict", "--run", run, a, b, "--format", "json"]) == 0
+    positional = capsys.readouterr().out
+    assert main(["predict", "--run", run, "--data", a, "--data", b, "--format", "json"]) == 0
+    assert capsys.readouterr().out == positional  # same rows, same order
+    assert main(["predict", "--run", run, a, "--data", b, "--format", "json"]) == 0
+    assert capsys.readouterr().out == positional  # positional first, then --data
+    assert main(["predict", "--run", run]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data" in err[0]

@@ -1,6 +1,8 @@
-"""`deeplense predict --run RUN INPUT... [--out FILE.csv|.json] [--format csv|json]`.
+"""`deeplense predict --run RUN [--data PATH]... [INPUT...] [--out FILE.csv|.json] [--format csv|json]`.
 
-Each INPUT is a readable data set (simulated data directory, DeepLense `.npy` folder,
+Inputs are given with `--data PATH` (repeatable, as in `evaluate`, `cluster` and
+`calibrate`) or positionally; rows follow the positional inputs first, then each `--data`
+in turn. Each input is a readable data set (simulated data directory, DeepLense `.npy` folder,
 `.npz`, `.h5`; see `deeplense_tf.data.load_examples`) or a single image stored as a plain
 numeric `.npy` array `[H, W]` or `[H, W, 1]` (never unpickled). Writes one row per image:
 `source`, `index` (position within that input), and per target `<target>` (predicted
@@ -29,9 +31,13 @@ FORMATS = ("csv", "json")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, metavar="RUN", help="run folder written by `deeplense train`")
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
+        "inputs", nargs="*", metavar="INPUT",
         help="data sets (simulated directory, DeepLense .npy folder, .npz, .h5) or single-image "
         ".npy files holding a plain [H, W] or [H, W, 1] array",
+    )
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="PATH",
+        help="an input as in the other commands (repeatable; read after the positional inputs)",
     )
     parser.add_argument("--out", metavar="FILE", help="output file, .csv or .json (default: CSV on stdout)")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else csv)")
@@ -154,12 +160,21 @@ def output_format(out, fmt) -> str:
     return suffix
 
 
+def input_paths(args) -> list[str]:
+    """The inputs of a parsed command line, positional first, then each `--data`."""
+    inputs = [*args.inputs, *args.data]
+    if not inputs:
+        raise ConfigError("no input to predict: give --data PATH (or PATH as a positional argument)")
+    return inputs
+
+
 def run(args) -> int:
     from deeplense_tf.training.run import Run
 
     fmt = output_format(args.out, args.format)
+    inputs = input_paths(args)
     model_run = Run.load(args.run)
-    rows = predict_inputs(model_run, args.inputs, split=args.split, tta=args.tta, batch_size=args.batch_size)
+    rows = predict_inputs(model_run, inputs, split=args.split, tta=args.tta, batch_size=args.batch_size)
     text = format_rows(rows, fmt)
     if args.out is None:
         sys.stdout.write(text)
