@@ -44,7 +44,7 @@ import yaml
 from deeplense_tf.errors import ConfigError
 
 AUGMENT_MODES = ("none", "exact", "d4")
-HEADS = ("gaussian", "point")
+HEADS = ("gaussian", "student_t", "point")  # = deeplense_tf.models.heads.HEADS
 POINT_LOSSES = ("mse", "huber")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
