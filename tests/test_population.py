@@ -11,7 +11,7 @@ from scipy import stats
 
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.population import combine_posteriors, summarise
-from deeplense_tf.models.predictive import Predictive
+from deeplense_tf.predictive import Predictive
 
 
 def test_gaussian_lenses_under_a_uniform_prior_give_the_analytic_product():

@@ -23,7 +23,7 @@ from deeplense_tf.models.heads import (
     make_metrics,
     output_width,
 )
-from deeplense_tf.models.predictive import Predictive
+from deeplense_tf.predictive import Predictive
 
 TARGET = "log10_m_axion_ev"
 SHAPE = (16, 16, 1)

@@ -19,7 +19,7 @@ floor set by model systematics).
     result.summary()     # mean, std, map, 68% / 95% intervals
     result.narrowing()   # the same for the first 1, 2, 4, ... lenses
 
-`predictive` is a `deeplense_tf.models.predictive.Predictive` (what `Run.predict`
+`predictive` is a `deeplense_tf.predictive.Predictive` (what `Run.predict`
 gives, Gaussian, Student-t or the TTA mixture), in the target's physical units.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeplense_tf.errors import DataError, RunError
-from deeplense_tf.models.predictive import Predictive
+from deeplense_tf.predictive import Predictive
 
 DEFAULT_GRID = 2001
 INTERVAL_LEVELS = (0.68, 0.95)

@@ -12,7 +12,7 @@ with the train split's mean and std; export undoes it):
   they mean for the Gaussian head and everything that reads (mean, std) reads this head
   unchanged; df (in `(DF_MIN, DF_MAX)`, per example) only shapes the tails. A few large
   errors (the saturated heavy-mass end) then stop forcing one std scale to choose
-  between the 68% and the 95% level. `deeplense_tf.models.predictive` holds the
+  between the 68% and the 95% level. `deeplense_tf.predictive` holds the
   distribution maths (CDF, intervals, density) both heads share downstream.
 
 The log-variance is soft-clipped to `(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)` by a scaled

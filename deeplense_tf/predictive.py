@@ -1,5 +1,9 @@
 """The predictive distribution a run gives one target, in NumPy: one home for its maths.
 
+The lowest layer (numpy and scipy, no TensorFlow), like `deeplense_tf.intervals`: the
+variance calibration (`models/`), `Run.predict`'s consumers in evaluation and the
+population inference all read the same distribution through it.
+
 Every probabilistic head predicts, per example, a location-scale distribution with a
 finite variance, described by its *mean* and *standard deviation* (the export contract)
 plus its shape:
