@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,serving]'
+	# The CPU build of TensorFlow (extra `cpu`); a GPU machine installs `.[gpu,dev,serving]`.
+	$(BIN)/pip install -e '.[cpu,dev,serving]'
 	# tensorflow-serving-api pins the GPU `tensorflow` wheel; we already have tensorflow-cpu,
 	# so its protos are installed without that requirement (see README "Serving").
 	$(BIN)/pip install --no-deps 'tensorflow-serving-api>=2.21,<2.22'

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,19 @@ def test_predict_takes_data_like_the_other_commands(tiny_run, tmp_path, capsys):
     assert main(["predict", "--run", run]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--data" in err[0]
+
+
+def test_without_tensorflow_the_import_says_how_to_install_it(tmp_path):
+    # Only the repository and the standard library on the path: TensorFlow is "not installed".
+    import deeplense_tf
+
+    repo = str(Path(deeplense_tf.__file__).parent.parent)
+    code = ("import sys\n"
+            f"sys.path = [{repo!r}] + [p for p in sys.path if 'site-packages' not in p]\n"
+            "import deeplense_tf\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: deeplense-tf needs TensorFlow")
+    assert "deeplense-tf[cpu]" in last and "deeplense-tf[gpu]" in last
