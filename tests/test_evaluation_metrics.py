@@ -110,3 +110,39 @@ def test_evaluate_target_is_valid_json_with_nan_as_null():
     assert len(back["calibration"]["expected"]) == len(back["calibration"]["observed"])
     point = M.evaluate_target(Y_TRUE, Y_PRED)
     assert point["calibration"] is None and "coverage_68" not in point["overall"]
+
+
+def test_coverage_report_of_a_gaussian_equals_the_gaussian_formulas():
+    from deeplense_tf.predictive import Predictive
+
+    report = M.coverage_report(Y_TRUE, Predictive(Y_PRED, Y_STD))
+    curve = M.coverage_curve(Y_TRUE, Y_PRED, Y_STD)
+    assert report["expected"] == curve["expected"] and len(M.CURVE_LEVELS) == 19
+    assert report["observed"] == pytest.approx(curve["observed"])
+    assert report["coverage_68"] == pytest.approx(4 / 8) and report["coverage_95"] == pytest.approx(5 / 8)
+    gaps = [abs(o - e) for o, e in zip(curve["observed"], curve["expected"]) if e <= 0.95]
+    assert report["max_deviation"] == pytest.approx(max(gaps))
+
+
+def test_heavy_tails_scored_by_their_own_distribution_and_per_bin():
+    # Student-t (df 3) errors: the t predictive sits on the diagonal, the Gaussian with the
+    # same std deviates (over-covers at 68%), and per-bin coverage is reported for both.
+    from deeplense_tf.predictive import Predictive
+
+    rng = np.random.default_rng(2)
+    n, df = 30000, 3.0
+    truth = rng.uniform(-24, -22, n)
+    std = rng.uniform(0.05, 0.2, n)
+    pred = truth + std * math.sqrt((df - 2) / df) * rng.standard_t(df, n)
+    t = Predictive(pred, std, np.full(n, df))
+    tol = 4 * math.sqrt(0.25 / n)
+    got = M.evaluate_target(truth, pred, std, bins=4, predictive=t)
+    assert got["calibration"]["max_deviation"] < 2 * tol
+    assert got["overall"]["coverage_68"] == pytest.approx(0.68, abs=tol)
+    assert got["overall"]["nll"] == pytest.approx(-np.mean(t.logpdf(truth)))
+    gaussian = M.evaluate_target(truth, pred, std, bins=4)
+    assert gaussian["calibration"]["max_deviation"] > 0.05
+    assert gaussian["overall"]["coverage_68"] > 0.75
+    for row in got["binned"]:
+        assert row["coverage_95"] == pytest.approx(0.95, abs=4 * math.sqrt(0.05 * 0.95 / row["count"]))
+        assert "max_coverage_deviation" in row

@@ -6,6 +6,12 @@ anywhere and are tested against scikit-learn and hand computations.
 Inputs are 1-D arrays of equal length: `y_true`, the predicted mean `y_pred` and, for a
 Gaussian head, the predicted standard deviation `y_std` (same units as the target). An
 interval "central at nominal level p" is `mean ± z * std` with `z = Φ⁻¹((1 + p) / 2)`.
+
+Coverage, NLL and the coverage curve can also come from the model's actual predictive
+distribution, `predictive=` a `deeplense_tf.predictive.Predictive` (Student-t head,
+or the eight-view mixture under TTA): y lies in the central interval of level p exactly
+when `|2 F(y) - 1| <= p`, so no Gaussian is assumed. With only `y_std` the distribution
+is the Gaussian N(y_pred, y_std²) and the numbers equal the Gaussian formulas.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ import numpy as np
 
 # One definition of the interval levels, shared with the variance calibration (models/).
 from deeplense_tf.intervals import CALIBRATION_LEVELS, z_for_level  # noqa: F401  (public here too)
+from deeplense_tf.predictive import Predictive
 
 COVERAGE_LEVELS = (0.68, 0.95)
 DEFAULT_BINS = 8
+#: The levels whose largest |observed - nominal| is reported: 5%, 10%, ..., 95%.
+CURVE_LEVELS = tuple(level for level in CALIBRATION_LEVELS if level <= 0.95 + 1e-9)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -119,12 +128,63 @@ def gaussian_metrics(y_true, y_pred, y_std, levels=COVERAGE_LEVELS) -> dict:
     return out
 
 
-def regression_metrics(y_true, y_pred, y_std=None) -> dict:
-    """Point metrics, plus the Gaussian ones when `y_std` is given."""
+def _distribution(y_pred, y_std, predictive):
+    """The predictive distribution to score: `predictive`, else N(y_pred, y_std²), else None."""
+    if predictive is not None:
+        return predictive
+    return None if y_std is None else Predictive(y_pred, y_std)
+
+
+def coverage_report(y_true, predictive: Predictive, levels=CALIBRATION_LEVELS) -> dict:
+    """The expected-coverage curve of `predictive` on `y_true`.
+
+    Returns `{"expected": levels, "observed": [...], "max_deviation", "mean_deviation",
+    "coverage_68", "coverage_95"}`; the deviations are |observed - expected| over the
+    `CURVE_LEVELS` (5%..95%) among `levels`. Below the diagonal the intervals are too
+    narrow (over-confident), above it too wide. NaN throughout for no example.
+    """
+    y_true = _as_1d(y_true)
+    if len(predictive) != y_true.size:
+        raise ValueError(f"predictive has {len(predictive)} examples but y_true has {y_true.size}")
+    levels = [float(level) for level in levels]
+    observed = predictive.central_coverage(y_true, levels)
+    in_curve = [i for i, level in enumerate(levels) if level <= 0.95 + 1e-9]
+    gaps = np.abs(observed[in_curve] - np.asarray(levels)[in_curve])
+    nan = float("nan")
+    marks = predictive.central_coverage(y_true, COVERAGE_LEVELS)
+    return {
+        "expected": levels,
+        "observed": observed.tolist(),
+        "max_deviation": float(gaps.max()) if y_true.size and gaps.size else nan,
+        "mean_deviation": float(gaps.mean()) if y_true.size and gaps.size else nan,
+        "coverage_68": float(marks[0]),
+        "coverage_95": float(marks[1]),
+    }
+
+
+def distribution_metrics(y_true, predictive: Predictive) -> dict:
+    """`coverage_68`, `coverage_95`, `max_coverage_deviation` (over 5%..95%), mean NLL
+    (nats, target units) and mean predicted std of the distribution `predictive`."""
+    y_true = _as_1d(y_true)
+    report = coverage_report(y_true, predictive, CURVE_LEVELS)
+    _, std = predictive.moments()
+    return {
+        "coverage_68": report["coverage_68"],
+        "coverage_95": report["coverage_95"],
+        "max_coverage_deviation": report["max_deviation"],
+        "nll": predictive.nll(y_true),
+        "mean_std": float(std.mean()) if std.size else float("nan"),
+    }
+
+
+def regression_metrics(y_true, y_pred, y_std=None, predictive: Predictive | None = None) -> dict:
+    """Point metrics, plus coverage / NLL of the predictive distribution when there is one
+    (`predictive`, or the Gaussian N(y_pred, y_std²) when only `y_std` is given)."""
     y_true, y_pred, y_std = _check(y_true, y_pred, y_std)
     out = point_metrics(y_true, y_pred)
-    if y_std is not None:
-        out.update(gaussian_metrics(y_true, y_pred, y_std))
+    distribution = _distribution(y_pred, y_std, predictive)
+    if distribution is not None:
+        out.update(distribution_metrics(y_true, distribution))
     return out
 
 
@@ -144,15 +204,18 @@ def bin_edges(y_true, bins: int = DEFAULT_BINS, value_range=None) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1)
 
 
-def binned_metrics(y_true, y_pred, y_std=None, bins: int = DEFAULT_BINS, value_range=None) -> list:
+def binned_metrics(y_true, y_pred, y_std=None, bins: int = DEFAULT_BINS, value_range=None,
+                   predictive: Predictive | None = None) -> list:
     """`regression_metrics` in equal-width bins of the true value.
 
     Returns one dict per bin with `lo`, `hi` (edges, physical units), `mean_true`,
     `mean_pred` (where `mean_pred` stops following `mean_true`, the regressor saturates)
-    and the metrics of `regression_metrics`. The last bin includes its upper edge; values
-    outside `value_range` are left out. Empty bins have count 0 and NaN metrics.
+    and the metrics of `regression_metrics` (coverage per bin included when there is a
+    predictive distribution). The last bin includes its upper edge; values outside
+    `value_range` are left out. Empty bins have count 0 and NaN metrics.
     """
     y_true, y_pred, y_std = _check(y_true, y_pred, y_std)
+    distribution = _distribution(y_pred, y_std, predictive)
     edges = bin_edges(y_true, bins, value_range)
     # digitize against the inner edges: bin k holds edges[k] <= y < edges[k+1], last one closed.
     which = np.clip(np.searchsorted(edges, y_true, side="right") - 1, 0, len(edges) - 2)
@@ -164,7 +227,10 @@ def binned_metrics(y_true, y_pred, y_std=None, bins: int = DEFAULT_BINS, value_r
         row["mean_true"] = float(y_true[mask].mean()) if mask.any() else float("nan")
         row["mean_pred"] = float(y_pred[mask].mean()) if mask.any() else float("nan")
         row.update(
-            regression_metrics(y_true[mask], y_pred[mask], None if y_std is None else y_std[mask])
+            regression_metrics(
+                y_true[mask], y_pred[mask],
+                predictive=None if distribution is None else distribution.subset(mask),
+            )
         )
         rows.append(row)
     return rows
@@ -176,17 +242,22 @@ def baseline_mae(y_true) -> float:
     return float(np.abs(y_true - y_true.mean()).mean()) if y_true.size else float("nan")
 
 
-def evaluate_target(y_true, y_pred, y_std=None, bins: int = DEFAULT_BINS, value_range=None) -> dict:
+def evaluate_target(y_true, y_pred, y_std=None, bins: int = DEFAULT_BINS, value_range=None,
+                    predictive: Predictive | None = None) -> dict:
     """Everything `deeplense evaluate` reports for one target.
 
-    `{"overall": {...}, "binned": [...], "baseline_mae": float, "calibration": {...} | None}`.
+    `{"overall": {...}, "binned": [...], "baseline_mae": float, "calibration": {...} | None}`;
+    `calibration` is `coverage_report` of the predictive distribution (`predictive`, or
+    the Gaussian of `y_std`), None for a point prediction.
     """
     y_true, y_pred, y_std = _check(y_true, y_pred, y_std)
+    distribution = _distribution(y_pred, y_std, predictive)
     return {
-        "overall": regression_metrics(y_true, y_pred, y_std),
+        "overall": regression_metrics(y_true, y_pred, predictive=distribution),
         "baseline_mae": baseline_mae(y_true),
-        "binned": binned_metrics(y_true, y_pred, y_std, bins=bins, value_range=value_range),
-        "calibration": None if y_std is None else coverage_curve(y_true, y_pred, y_std),
+        "binned": binned_metrics(y_true, y_pred, bins=bins, value_range=value_range,
+                                 predictive=distribution),
+        "calibration": None if distribution is None else coverage_report(y_true, distribution),
     }
 
 
