@@ -10,6 +10,7 @@ from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.plots import axis_label, plot_target
 from deeplense_tf.evaluation.report import (
     check_fits,
+    coverage_markdown,
     evaluate_run,
     format_table,
     markdown_table,
@@ -71,13 +72,16 @@ def test_write_evaluation_outputs(tmp_path):
     metrics, table = evaluate_run(FakeRun(), _examples(n=50), bins=5)
     written = write_evaluation(metrics, table, tmp_path / "eval")
     names = sorted(p.relative_to(tmp_path / "eval").as_posix() for p in written)
-    assert names == ["metrics.json", "plots/log10_m_axion_ev.png", "predictions.csv"]
+    assert names == ["metrics.json", "plots/log10_m_axion_ev.png", "plots/log10_m_axion_ev_coverage.png",
+                     "predictions.csv"]
     png = (tmp_path / "eval" / "plots" / f"{TARGET}.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["targets"][TARGET]["overall"]["mae"] == pytest.approx(
         metrics["targets"][TARGET]["overall"]["mae"])
-    assert saved["plots"] == {TARGET: f"plots/{TARGET}.png"}
+    assert saved["plots"] == {TARGET: f"plots/{TARGET}.png", f"{TARGET}_coverage": f"plots/{TARGET}_coverage.png"}
+    curve = saved["targets"][TARGET]["calibration"]
+    assert len(curve["expected"]) >= 19 and curve["max_deviation"] >= 0.0
     lines = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
     assert lines[0] == "target,true,mean,std" and len(lines) == 51
     assert not list((tmp_path / "eval").glob("*.tmp"))
@@ -130,3 +134,46 @@ def test_nan_pixels_are_a_data_error():
     examples.images[2, 0, 0, 0] = np.nan
     with pytest.raises(DataError, match="1 images contain NaN"):
         evaluate_run(FakeRun(), examples)
+
+
+class MixtureRun(FakeRun):
+    """Under TTA, returns eight views (components) that disagree: half the views put the
+    mean 0.3 off, so the mixture is bimodal and its moments describe it badly."""
+
+    def predict(self, images, batch_size=256, tta=False):
+        out = super().predict(images, batch_size, tta)
+        if tta:
+            mean = out[TARGET]["mean"]
+            views = np.stack([mean + (0.3 if k % 2 else 0.0) for k in range(8)])
+            out[TARGET]["components"] = {"mean": views, "std": np.full_like(views, 0.1)}
+            out[TARGET]["mean"] = views.mean(axis=0)
+            out[TARGET]["std"] = np.sqrt(0.01 + views.var(axis=0))
+        return out
+
+
+def test_tta_coverage_comes_from_the_eight_view_mixture():
+    from deeplense_tf.predictive import Predictive
+
+    examples = _examples(n=400)
+    metrics, table = evaluate_run(MixtureRun(), examples, tta=True)
+    result = metrics["targets"][TARGET]
+    assert metrics["distribution"][TARGET] == {"family": "gaussian", "components": 8}
+    raw = MixtureRun().predict(examples.images, tta=True)[TARGET]
+    mixture = Predictive(raw["components"]["mean"], raw["components"]["std"])
+    truth = examples.targets[TARGET]
+    expected = mixture.central_coverage(truth, [0.68, 0.95])
+    assert result["overall"]["coverage_68"] == pytest.approx(expected[0])
+    assert result["overall"]["nll"] == pytest.approx(mixture.nll(truth))
+    moment_matched = Predictive(raw["mean"], raw["std"]).central_coverage(truth, [0.68])
+    assert result["overall"]["coverage_68"] != pytest.approx(moment_matched[0], abs=0.02)
+
+
+def test_coverage_markdown_has_the_curve_the_bins_and_the_figure(tmp_path):
+    metrics, table = evaluate_run(FakeRun(), _examples(n=60), bins=4)
+    write_evaluation(metrics, table, tmp_path)
+    md = coverage_markdown(metrics, plots_prefix="eval/")
+    assert "Largest |observed − nominal|" in md and "| nominal | 5% | 10%" in md
+    assert md.count("\n| [") == 4  # one row per bin
+    assert f"](eval/plots/{TARGET}_coverage.png)" in md
+    point, _ = evaluate_run(FakeRun(head="point"), _examples(n=40), bins=3)
+    assert coverage_markdown(point) == ""

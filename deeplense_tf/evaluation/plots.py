@@ -1,4 +1,4 @@
-"""Evaluation figures: predicted vs true, residuals vs true, calibration.
+"""Evaluation figures: predicted vs true, residuals vs true, calibration; coverage.
 
 One PNG per target with a panel for each (calibration only for a Gaussian head), so a
 reader sees in one place how close the predictions are, where in the target's range the
@@ -86,11 +86,15 @@ def plot_target(
     title: str | None = None,
     bins: int = DEFAULT_BINS,
     max_points: int = MAX_POINTS,
+    calibration: dict | None = None,
 ) -> Path:
     """Write the evaluation figure of one target to `path` (PNG) and return the path.
 
     `y_true`, `y_pred`, `y_std` are 1-D arrays in the target's physical units; `y_std`
-    (the Gaussian head's standard deviation) adds error bars and the calibration panel.
+    (the predicted standard deviation) adds error bars and the calibration panel.
+    `calibration` (a `metrics.coverage_report`, computed from the actual predictive
+    distribution) is drawn in that panel; without it the panel shows the Gaussian of
+    `y_std`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -148,11 +152,16 @@ def plot_target(
     # 3. calibration: observed vs nominal coverage of the central Gaussian intervals.
     if y_std is not None:
         ax = axes[2]
-        curve = coverage_curve(y_true, y_pred, y_std)
+        curve = calibration or coverage_curve(y_true, y_pred, y_std)
         ax.plot([0, 1], [0, 1], "k--", lw=1.2, label="perfectly calibrated")
+        worst = curve.get("max_deviation")
         ax.plot(curve["expected"], curve["observed"], "o-", color="tab:green", ms=3.5,
-                label="observed")
-        marks = coverage_curve(y_true, y_pred, y_std, COVERAGE_LEVELS)
+                label="observed" + (f" (largest gap {worst:.3f})" if worst is not None else ""))
+        marks = {"expected": [], "observed": []}
+        for level, seen in zip(curve["expected"], curve["observed"]):
+            if any(abs(level - mark) < 1e-9 for mark in COVERAGE_LEVELS):
+                marks["expected"].append(level)
+                marks["observed"].append(seen)
         summary = ", ".join(f"{seen:.2f} at {level:.0%}" for level, seen in
                             zip(marks["expected"], marks["observed"]))
         ax.plot(marks["expected"], marks["observed"], "s", color="tab:red", ms=6,
@@ -174,3 +183,59 @@ def plot_target(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_coverage(target: str, result: dict, path: str | Path, *, title: str | None = None) -> Path:
+    """The coverage figure of one target: the expected-coverage curve (observed minus
+    nominal, with the binomial 2-sigma band of a calibrated model on this many examples)
+    and the 68% / 95% coverage in each bin of the true value.
+
+    `result` is one target of `evaluate_target` (as in metrics.json: `calibration`,
+    `binned`, `overall`), so the quickstart report can draw it from its metrics alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curve = result["calibration"]
+    n = int(result["overall"]["count"])
+    expected = np.asarray(curve["expected"], np.float64)
+    observed = np.asarray([np.nan if v is None else v for v in curve["observed"]], np.float64)
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+
+    band = 2.0 * np.sqrt(expected * (1.0 - expected) / max(n, 1))
+    left.fill_between(expected, -band, band, color="tab:gray", alpha=0.25,
+                      label=f"±2σ sampling band of a calibrated model (N={n})")
+    left.axhline(0.0, color="k", ls="--", lw=1.0)
+    left.plot(expected, observed - expected, "o-", color="tab:green", ms=4,
+              label=f"observed − nominal (largest |gap| {_num(curve.get('max_deviation'))} over 5–95%)")
+    left.set_xlabel("nominal level of the central interval")
+    left.set_ylabel("observed − nominal coverage")
+    left.set_title(f"Expected coverage  (68%: {_num(curve.get('coverage_68'))}, "
+                   f"95%: {_num(curve.get('coverage_95'))})")
+    left.legend(loc="best", fontsize=8)
+
+    rows = [r for r in result["binned"] if r.get("count")]
+    centres = np.array([0.5 * (r["lo"] + r["hi"]) for r in rows])
+    width = 0.38 * (rows[0]["hi"] - rows[0]["lo"]) if rows else 0.1
+    for offset, key, level, colour in ((-0.5, "coverage_68", 0.68, "tab:blue"),
+                                       (0.5, "coverage_95", 0.95, "tab:orange")):
+        values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], np.float64)
+        right.bar(centres + offset * width, values, width=width, color=colour, alpha=0.7,
+                  label=f"{level:.0%} interval")
+        right.axhline(level, color=colour, ls="--", lw=1.0)
+    right.set_ylim(0.0, 1.05)
+    right.set_xlabel(f"true {axis_label(target)}")
+    right.set_ylabel("observed coverage in the bin")
+    right.set_title("Coverage per bin of the true value (dashed: nominal)")
+    right.legend(loc="lower left", fontsize=8)
+    fig.suptitle(title or f"{target}: coverage of the predicted intervals", fontsize=12)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"

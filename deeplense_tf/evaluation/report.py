@@ -3,7 +3,8 @@
 `evaluate_run(run, examples)` predicts and computes the metrics; `write_evaluation`
 writes `metrics.json`, `predictions.csv` and one figure per target; `format_table` and
 `markdown_table` render the overall and binned metrics for the terminal and for
-`report.md`. `run` is a `deeplense_tf.training.run.Run` (anything with `targets`,
+`report.md`; `coverage_markdown` renders the coverage section (curve, per-bin coverage,
+figure) of any report from the metrics alone. `run` is a `deeplense_tf.training.run.Run` (anything with `targets`,
 `head`, `input_shape` and `predict(images, batch_size=, tta=)` works, which keeps
 this module testable without a trained model); `examples` is a
 `deeplense_tf.data.Examples`.
@@ -21,7 +22,8 @@ import numpy as np
 
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.metrics import DEFAULT_BINS, evaluate_target, to_jsonable
-from deeplense_tf.evaluation.plots import plot_target
+from deeplense_tf.evaluation.plots import plot_coverage, plot_target
+from deeplense_tf.predictive import Predictive
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
@@ -61,9 +63,13 @@ def evaluate_run(
     """Predict `examples` with `run` and compute every metric.
 
     Returns `(metrics, table)`: `metrics` is what goes into metrics.json (per target:
-    overall, binned, baseline MAE, calibration curve; plus counts and speed), `table`
+    overall, binned, baseline MAE, coverage curve; plus counts and speed), `table`
     holds per target the arrays `true`, `mean`, `std` (physical units, only the examples
     where that target is defined) for plots and predictions.csv.
+
+    Coverage and NLL are those of the predictive distribution the run deploys: the
+    head's own (Gaussian or Student-t), and under `tta` the equal-weight mixture of the
+    eight views (`Run.predict`'s `components`), not a Gaussian matched to its moments.
     """
     check_fits(run, examples)
     truth = {t: np.asarray(examples.targets[t], dtype=np.float64) for t in run.targets}
@@ -103,7 +109,13 @@ def evaluate_run(
         std = predictions[target].get("std")
         std = None if std is None else np.asarray(std, dtype=np.float64).reshape(-1)[keep]
         true = truth[target][used][keep]
-        metrics["targets"][target] = evaluate_target(true, mean, std, bins=bins)
+        predictive = None
+        if std is not None:
+            predictive = Predictive.from_prediction(predictions[target]).subset(keep)
+            metrics.setdefault("distribution", {})[target] = {
+                "family": predictive.family, "components": predictive.components,
+            }
+        metrics["targets"][target] = evaluate_target(true, mean, std, bins=bins, predictive=predictive)
         table[target] = {"true": true, "mean": mean, "std": std}
     return metrics, table
 
@@ -116,15 +128,21 @@ def write_evaluation(metrics: dict, table: dict, out_dir, *, title: str | None =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    metrics["plots"] = {}  # relative to out_dir
     for target, cols in table.items():
+        result = metrics["targets"][target]
+        heading = title or f"{target}: {metrics['examples']} examples of {metrics['data']}" + (
+            " (D4 test-time augmentation)" if metrics.get("tta") else "")
         path = plot_target(
             target, cols["true"], cols["mean"], cols["std"], out_dir / "plots" / f"{target}.png",
-            title=title or f"{target}: {metrics['examples']} examples of {metrics['data']}"
-            + (" (D4 test-time augmentation)" if metrics.get("tta") else ""),
-            bins=metrics.get("bins", DEFAULT_BINS),
+            title=heading, bins=metrics.get("bins", DEFAULT_BINS), calibration=result.get("calibration"),
         )
         written.append(path)
-    metrics["plots"] = {t: f"plots/{t}.png" for t in table}  # relative to out_dir
+        metrics["plots"][target] = f"plots/{target}.png"
+        if result.get("calibration") is not None:
+            written.append(plot_coverage(target, to_jsonable(result),
+                                         out_dir / "plots" / f"{target}_coverage.png", title=heading))
+            metrics["plots"][f"{target}_coverage"] = f"plots/{target}_coverage.png"
 
     pred_path = out_dir / PREDICTIONS_NAME
     tmp = pred_path.with_suffix(".csv.tmp")
@@ -164,6 +182,7 @@ _OVERALL_COLUMNS = (
     ("MedAE", "median_ae"),
     ("cov68", "coverage_68"),
     ("cov95", "coverage_95"),
+    ("max gap", "max_coverage_deviation"),
     ("NLL", "nll"),
 )
 _BINNED_COLUMNS = (
@@ -175,13 +194,15 @@ _BINNED_COLUMNS = (
     ("RMSE", "rmse"),
     ("cov68", "coverage_68"),
     ("cov95", "coverage_95"),
+    ("max gap", "max_coverage_deviation"),
 )
 
 
 def _rows(metrics: dict, binned: bool):
     """(title, header, rows) blocks for the overall table and, if asked, one binned table per target."""
-    gaussian = metrics.get("head") == "gaussian"
-    cols = [c for c in _OVERALL_COLUMNS if gaussian or not c[1].startswith(("coverage", "nll"))]
+    probabilistic = metrics.get("head", "gaussian") != "point"
+    uncertain = ("coverage", "max_coverage", "nll")
+    cols = [c for c in _OVERALL_COLUMNS if probabilistic or not c[1].startswith(uncertain)]
     header = ["target", *(c[0] for c in cols), "MAE of prior mean"]
     rows = []
     for target, result in metrics["targets"].items():
@@ -190,7 +211,7 @@ def _rows(metrics: dict, binned: bool):
                      _fmt(result.get("baseline_mae"))])
     blocks = [("Overall", header, rows)]
     if binned:
-        bcols = [c for c in _BINNED_COLUMNS if gaussian or not c[1].startswith("coverage")]
+        bcols = [c for c in _BINNED_COLUMNS if probabilistic or not c[1].startswith(uncertain)]
         for target, result in metrics["targets"].items():
             brows = [
                 [f"[{_fmt(b['lo'], 3)}, {_fmt(b['hi'], 3)}]", *(_fmt(b.get(key)) for _, key in bcols)]
@@ -222,5 +243,41 @@ def markdown_table(metrics: dict, binned: bool = True) -> str:
         out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
         for row in rows:
             out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def coverage_markdown(metrics: dict, *, plots_prefix: str = "") -> str:
+    """The coverage section of a Markdown report, from an evaluation's metrics (as in
+    metrics.json): per target, the largest deviation of the expected-coverage curve over
+    5%..95%, 68% / 95% coverage, the curve level by level, coverage per bin of the true
+    value, and the coverage figure (`plots_prefix` + its path relative to the
+    evaluation folder, e.g. "eval/"). Empty for a point head.
+    """
+    out = []
+    for target, result in metrics["targets"].items():
+        curve = result.get("calibration")
+        if curve is None:
+            continue
+        family = ((metrics.get("distribution") or {}).get(target) or {}).get("family", "gaussian")
+        views = " mixed over the 8 D4 views (TTA)" if metrics.get("tta") else ""
+        out.append(f"**Coverage of {target}** ({family} predictive distribution{views}; "
+                   f"{result['overall']['count']} examples)\n")
+        out.append(f"Largest |observed − nominal| over the 19 levels 5%..95%: "
+                   f"**{_fmt(curve.get('max_deviation'), 3)}**; 68% intervals hold "
+                   f"**{_fmt(curve.get('coverage_68'), 3)}**, 95% intervals "
+                   f"**{_fmt(curve.get('coverage_95'), 3)}**.\n")
+        out.append("| nominal | " + " | ".join(f"{e:.0%}" for e in curve["expected"]) + " |")
+        out.append("|---|" + "---:|" * len(curve["expected"]))
+        out.append("| observed | " + " | ".join(_fmt(o, 3) for o in curve["observed"]) + " |\n")
+        out.append("| true range | N | cov68 | cov95 | max gap |")
+        out.append("|---|---:|---:|---:|---:|")
+        for row in result["binned"]:
+            out.append(f"| [{_fmt(row['lo'], 3)}, {_fmt(row['hi'], 3)}] | {row['count']} | "
+                       f"{_fmt(row.get('coverage_68'), 3)} | {_fmt(row.get('coverage_95'), 3)} | "
+                       f"{_fmt(row.get('max_coverage_deviation'), 3)} |")
+        plot = (metrics.get("plots") or {}).get(f"{target}_coverage")
+        if plot:
+            out.append(f"\n![coverage of {target}]({plots_prefix}{plot})")
         out.append("")
     return "\n".join(out)
