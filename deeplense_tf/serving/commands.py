@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="gRPC port (default 8500; 0: any free; -1: no gRPC)")
     net.add_argument("--max-request-bytes", type=int, default=32 * 2**20,
                      help="largest request accepted, in bytes (default 32 MiB); larger get 413")
+    net.add_argument("--max-request-batch", type=int, default=1024,
+                     help="most rows (images) in one request, REST and gRPC (default 1024)")
+    net.add_argument("--read-timeout-seconds", type=float, default=30.0,
+                     help="seconds a REST connection has to send each complete request, and "
+                          "the longest an idle one is kept (default 30)")
+    net.add_argument("--max-connections", type=int, default=128,
+                     help="REST connections served at once (default 128); at the cap the one "
+                          "waiting longest for its request is dropped, or the new one gets 503")
 
     batch = parser.add_argument_group("dynamic batching")
     batch.add_argument("--enable-batching", action="store_true",
@@ -108,14 +116,22 @@ def build_server(args):
             raise ConfigError(f"{flag} must be a port number, got {port}")
     if args.max_request_bytes < 1024:
         raise ConfigError(f"--max-request-bytes must be at least 1024, got {args.max_request_bytes}")
+    if args.max_request_batch < 1:
+        raise ConfigError(f"--max-request-batch must be >= 1, got {args.max_request_batch}")
+    if not args.read_timeout_seconds > 0:
+        raise ConfigError(f"--read-timeout-seconds must be > 0, got {args.read_timeout_seconds}")
+    if args.max_connections < 1:
+        raise ConfigError(f"--max-connections must be >= 1, got {args.max_connections}")
     if args.file_system_poll_wait_seconds < 0:
         raise ConfigError("--file-system-poll-wait-seconds must be >= 0")
     models = _models(args)
     store = ModelStore(models, poll_interval_s=args.file_system_poll_wait_seconds,
-                       batching=_batching_options(args))
+                       batching=_batching_options(args), max_request_batch=args.max_request_batch)
     return ModelServer(store, host=args.host, rest_port=args.port,
                        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
-                       max_request_bytes=args.max_request_bytes)
+                       max_request_bytes=args.max_request_bytes,
+                       read_timeout_s=args.read_timeout_seconds,
+                       max_connections=args.max_connections)
 
 
 def run(args) -> int:

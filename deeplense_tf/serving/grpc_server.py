@@ -15,6 +15,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -42,7 +43,49 @@ def _spec_version_and_label(model_spec) -> tuple[int | None, str | None]:
     return version, label
 
 
-def _tensor_to_array(name: str, proto) -> np.ndarray:
+# TensorProto value fields, and how many of their entries make one element.
+_VALUE_FIELDS = (("float_val", 1), ("double_val", 1), ("int_val", 1), ("int64_val", 1),
+                 ("bool_val", 1), ("string_val", 1), ("half_val", 1), ("uint32_val", 1),
+                 ("uint64_val", 1), ("scomplex_val", 2), ("dcomplex_val", 2))
+
+
+def _check_tensor_size(name: str, proto, *, max_rows: int, max_bytes: int) -> None:
+    """Refuses a TensorProto whose shape asks for more than its data or our limits allow.
+
+    TensorFlow fills a tensor that carries fewer values than its shape by repeating the
+    last one, so a 51-byte proto can declare 3,000 images; the count is checked here,
+    before anything is allocated (docs/security.md, "Server").
+    """
+    dims = [int(d.size) for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"input '{name}' has a negative dimension in shape {dims}")
+    if dims and dims[0] > max_rows:
+        raise invalid_argument(f"input '{name}' has {dims[0]} rows; at most {max_rows} per "
+                               "request (--max-request-batch)")
+    elements = int(np.prod(dims, dtype=object)) if dims else 1
+    try:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size if proto.dtype != types_pb2.DT_STRING else 1
+    except TypeError:
+        raise invalid_argument(f"input '{name}' has an unknown dtype {proto.dtype}") from None
+    if proto.tensor_content:
+        sent = len(proto.tensor_content) // max(itemsize, 1)
+    else:
+        sent = sum(len(getattr(proto, field)) // per for field, per in _VALUE_FIELDS)
+    if sent == elements:
+        return
+    if sent > elements or sent == 0 and elements > 0 and proto.dtype != types_pb2.DT_STRING:
+        raise invalid_argument(f"input '{name}': shape {dims} holds {elements} elements but "
+                               f"the request carries {sent} values")
+    # Fewer values than elements: TensorFlow repeats the last one (make_tensor_proto does
+    # this for a scalar and a shape). Allowed only up to what a request could have sent.
+    if elements * max(itemsize, 1) > max_bytes:
+        raise invalid_argument(
+            f"input '{name}': shape {dims} asks for {elements} elements from {sent} values "
+            f"sent, more than a {max_bytes}-byte request can carry (--max-request-bytes)")
+
+
+def _tensor_to_array(name: str, proto, *, max_rows: int, max_bytes: int) -> np.ndarray:
+    _check_tensor_size(name, proto, max_rows=max_rows, max_bytes=max_bytes)
     try:
         return tf.make_ndarray(proto)
     except Exception as err:  # noqa: BLE001 - any malformed TensorProto is the caller's error
@@ -50,14 +93,17 @@ def _tensor_to_array(name: str, proto) -> np.ndarray:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, store: ModelStore):
+    def __init__(self, store: ModelStore, max_message_bytes: int):
         self.store = store
+        self.max_message_bytes = int(max_message_bytes)
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
         try:
             version, label = _spec_version_and_label(request.model_spec)
             signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
+            inputs = {k: _tensor_to_array(k, v, max_rows=self.store.max_request_batch,
+                                          max_bytes=self.max_message_bytes)
+                      for k, v in request.inputs.items()}
             servable, outputs = self.store.predict(
                 request.model_spec.name, signature, inputs, version=version, label=label,
                 output_filter=list(request.output_filter))
@@ -140,7 +186,7 @@ def start_grpc_server(store: ModelStore, host: str, port: int, *,
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(store), server)
+        PredictionServicer(store, max_message_bytes), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(store), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

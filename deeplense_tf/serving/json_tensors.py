@@ -61,6 +61,9 @@ _FLOAT_LIMITS = {
     "DT_DOUBLE": (2**53 - 1, float(np.finfo(np.float64).max)),
 }
 _MAX_VALUE_CHARS = 200  # error messages quote the offending JSON value, cut to this
+# Deepest nesting read as a tensor. numpy stops at 64 dimensions and Python's recursion
+# near 1,000, both as exceptions a client would see as a 500; past this it is a 400.
+MAX_JSON_RANK = 32
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,20 @@ def shape_string(shape) -> str:
 def _value_string(value) -> str:
     try:
         text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):
+        text = _shallow_repr(value)
     if len(text) > _MAX_VALUE_CHARS:
         text = text[:_MAX_VALUE_CHARS] + "...(truncated)"
     return text
+
+
+def _shallow_repr(value) -> str:
+    """The start of a value too deep for json.dumps (repr would recurse just as far)."""
+    opening = ""
+    while isinstance(value, list) and value and len(opening) < _MAX_VALUE_CHARS:
+        opening += "["
+        value = value[0]
+    return opening + ("..." if isinstance(value, (list, dict)) else repr(value))
 
 
 def _json_type(value) -> str:
@@ -417,6 +429,8 @@ def _fast_array(value, dtype: str) -> np.ndarray | None:
         arr = np.asarray(value)
     except (ValueError, TypeError, OverflowError):  # ragged or odd values: explain one by one
         return None
+    if arr.ndim > MAX_JSON_RANK:
+        return None  # _dense_shape gives the message
     if target.kind == "f":
         if arr.dtype.kind == "f":
             _, largest = _FLOAT_LIMITS.get(dtype, (0, np.inf))
@@ -441,6 +455,10 @@ def _dense_shape(value) -> list[int]:
     """The shape implied by the first element at each level (TF Serving's GetDenseTensorShape)."""
     shape = []
     while isinstance(value, list):
+        if len(shape) == MAX_JSON_RANK:
+            raise invalid_argument(
+                f"JSON value nested more than {MAX_JSON_RANK} levels deep: tensors of at most "
+                f"{MAX_JSON_RANK} dimensions are accepted")
         shape.append(len(value))
         if not value:
             break

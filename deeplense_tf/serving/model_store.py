@@ -19,7 +19,7 @@ from deeplense_tf.errors import ConfigError
 from deeplense_tf.serving.batching import BatchingOptions
 from deeplense_tf.serving.config import ModelConfig
 from deeplense_tf.serving.metadata import metadata_json
-from deeplense_tf.serving.servable import DEFAULT_SIGNATURE, Servable
+from deeplense_tf.serving.servable import DEFAULT_MAX_REQUEST_BATCH, DEFAULT_SIGNATURE, Servable
 from deeplense_tf.serving.status import invalid_argument, not_found
 
 log = logging.getLogger("deeplense_tf.serving")
@@ -58,10 +58,12 @@ class ModelStore:
         batching: dynamic batching settings, or None for one model call per request.
         max_load_attempts: loads tried for a broken version folder before waiting
             for its files to change.
+        max_request_batch: most rows (images) one request may carry, REST and gRPC.
     """
 
     def __init__(self, models: list[ModelConfig], *, poll_interval_s: float = 1.0,
-                 batching: BatchingOptions | None = None, max_load_attempts: int = 3):
+                 batching: BatchingOptions | None = None, max_load_attempts: int = 3,
+                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH):
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
@@ -69,6 +71,9 @@ class ModelStore:
         self.poll_interval_s = float(poll_interval_s)
         self.batching = batching
         self.max_load_attempts = int(max_load_attempts)
+        if int(max_request_batch) < 1:
+            raise ConfigError(f"--max-request-batch must be >= 1, got {max_request_batch}")
+        self.max_request_batch = int(max_request_batch)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -159,7 +164,8 @@ class ModelStore:
             with self._lock:
                 state.history[version] = {"state": "LOADING", "error_code": "OK", "error_message": ""}
             try:
-                servable = Servable(name, version, path, self.batching)
+                servable = Servable(name, version, path, self.batching,
+                                    max_request_batch=self.max_request_batch)
             except Exception as err:  # noqa: BLE001 - a broken folder must not stop the others
                 state.failures[version] = (attempts + 1, fingerprint)
                 message = f"Failed to load version {version} of model {name} from {path}: {err}"

@@ -54,6 +54,10 @@ class RestApi:
             return 200, self._dispatch(method.upper(), path, body)
         except ServingError as err:
             return err.http_status, error_body(err.message)
+        except RecursionError:
+            # Only a body nested thousands of levels deep gets here (the JSON reader's own
+            # limit catches most): the client's error, not ours.
+            return 400, error_body("JSON Parse error: the document is nested too deeply")
         except Exception as err:  # noqa: BLE001 - a bug answers 500, the server keeps serving
             log.exception("error answering %s %s", method, path)
             return 500, error_body(f"Internal error: {type(err).__name__}: {err}")

@@ -29,6 +29,7 @@ from deeplense_tf.serving.status import (
 log = logging.getLogger("deeplense_tf.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_REQUEST_BATCH = 1024  # rows per request; ~16 MB of float32 64x64 images
 _MAX_SCHEDULERS = 32  # per version; distinct input shapes beyond this run unbatched
 
 
@@ -91,7 +92,8 @@ class Servable:
     """
 
     def __init__(self, name: str, version: int, path: str | Path,
-                 batching: BatchingOptions | None = None):
+                 batching: BatchingOptions | None = None, *,
+                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH):
         import tensorflow as tf
         from google.protobuf import json_format
 
@@ -116,6 +118,7 @@ class Servable:
             )
         self._functions = {k: self._loaded.signatures[k] for k in self.signatures}
         self._batching = batching
+        self.max_request_batch = int(max_request_batch)
         self._schedulers: dict[tuple, BatchScheduler] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -224,6 +227,10 @@ class Servable:
             if arr.ndim >= 1:
                 if arr.shape[0] == 0:
                     raise invalid_argument(f"input '{key}' is an empty batch (0 rows)")
+                if arr.shape[0] > self.max_request_batch:
+                    raise invalid_argument(
+                        f"input '{key}' has {arr.shape[0]} rows; at most {self.max_request_batch} "
+                        "per request (--max-request-batch)")
                 if rows is not None and arr.shape[0] != rows:
                     raise invalid_argument(
                         f"inputs have different batch sizes: '{key}' has {arr.shape[0]} rows, "

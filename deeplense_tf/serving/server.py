@@ -25,7 +25,12 @@ from __future__ import annotations
 import threading
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.serving.http_server import DEFAULT_MAX_REQUEST_BYTES, RestHTTPServer
+from deeplense_tf.serving.http_server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+    RestHTTPServer,
+)
 from deeplense_tf.serving.model_store import ModelStore
 from deeplense_tf.serving.rest_api import RestApi
 
@@ -39,17 +44,23 @@ class ModelServer:
         rest_port: REST port (0 = any free port; the chosen one is in `rest_port` after `start`).
         grpc_port: gRPC port (0 = any free port, None = no gRPC).
         max_request_bytes: largest request body (REST) or message (gRPC) accepted.
+        read_timeout_s: seconds a REST connection has to deliver each complete request.
+        max_connections: REST connections served at once (see `http_server`).
     """
 
     def __init__(self, store: ModelStore, *, host: str = "127.0.0.1", rest_port: int = 8501,
                  grpc_port: int | None = 8500,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, grpc_max_workers: int = 32):
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, grpc_max_workers: int = 32,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         self.store = store
         self.host = host
         self.rest_port = rest_port
         self.grpc_port = grpc_port
         self.max_request_bytes = int(max_request_bytes)
         self.grpc_max_workers = int(grpc_max_workers)
+        self.read_timeout_s = float(read_timeout_s)
+        self.max_connections = int(max_connections)
         self._http: RestHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self._grpc = None
@@ -74,7 +85,8 @@ class ModelServer:
         self.store.start()
         try:
             self._http = RestHTTPServer((self.host, self.rest_port), RestApi(self.store),
-                                     self.max_request_bytes)
+                                        self.max_request_bytes, read_timeout_s=self.read_timeout_s,
+                                        max_connections=self.max_connections)
         except OSError as err:
             self.store.close()
             raise ConfigError(
