@@ -179,7 +179,7 @@ def _model_and_images(args):
 
     if args.run:
         from deeplense_tf.export.exporter import load_images
-        from deeplense_tf.training.run import Run
+        from deeplense_tf.runs import Run
 
         run = Run.load(args.run)
         spec = ExportSpec.from_run(run)

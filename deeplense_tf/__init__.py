@@ -31,7 +31,7 @@ KERAS_OBJECT_MODULES = (
     "deeplense_tf.models.layers",
     "deeplense_tf.models.heads",
     "deeplense_tf.training.schedules",
-    "deeplense_tf.training.ensemble",
+    "deeplense_tf.models.ensemble",
 )
 
 

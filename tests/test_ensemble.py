@@ -20,13 +20,10 @@ import yaml
 from data_fixtures import write_dataset
 
 from deeplense_tf.errors import RunError
+from deeplense_tf.models.ensemble import GaussianMixtureCombine, build_ensemble_model
+from deeplense_tf.runs import Run
 from deeplense_tf.training.config import load_config, save_config
-from deeplense_tf.training.ensemble import (
-    GaussianMixtureCombine,
-    build_ensemble_model,
-    ensemble_runs,
-)
-from deeplense_tf.training.run import Run
+from deeplense_tf.training.ensemble import ensemble_runs
 
 TARGETS = ["theta_e_arcsec", "source_x_arcsec"]
 
@@ -176,10 +173,40 @@ def test_ensemble_run_loads_in_a_fresh_process(tmp_path, members):
 
     out = tmp_path / "ensemble"
     ensemble_runs(members, out, calibrate=False)
-    code = f"from deeplense_tf.training.run import Run; print(Run.load({str(out)!r}).head)"
+    # Loading a run needs models/ only: training (which writes runs) stays unimported, but
+    # for the learning-rate schedules `import deeplense_tf` registers with Keras.
+    code = (f"import sys, deeplense_tf; from deeplense_tf.runs import Run; print(Run.load({str(out)!r}).head); "
+            "print(sorted(m for m in sys.modules if m.startswith('deeplense_tf.training.')"
+            " and m not in deeplense_tf.KERAS_OBJECT_MODULES))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith("gaussian")
+    head, training_modules = result.stdout.strip().splitlines()[-2:]
+    assert head.endswith("gaussian")
+    assert training_modules == "[]"
+
+
+def test_ensemble_saved_before_the_mixture_layer_moved_loads(tmp_path, members, images):
+    """Ensembles saved when the mixture layer lived in training/ensemble.py name that module
+    in model.keras; they load (by the registered name) and predict the same."""
+    import zipfile
+
+    out = tmp_path / "ensemble"
+    run = ensemble_runs(members, out, calibrate=False)
+    expected = run.predict(images)
+    model_file = out / "model.keras"
+    with zipfile.ZipFile(model_file) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = entries["config.json"].decode()
+    assert '"deeplense_tf.models.ensemble"' in config
+    entries["config.json"] = config.replace('"deeplense_tf.models.ensemble"',
+                                            '"deeplense_tf.training.ensemble"').encode()
+    with zipfile.ZipFile(model_file, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    old = Run.load(out).predict(images)
+    for t in TARGETS:
+        np.testing.assert_allclose(old[t]["mean"], expected[t]["mean"], rtol=1e-6)
+        np.testing.assert_allclose(old[t]["std"], expected[t]["std"], rtol=1e-6)
 
 
 def test_ensemble_is_evaluated_and_exported_like_any_run(tmp_path, members, data_dir):

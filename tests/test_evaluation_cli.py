@@ -75,7 +75,7 @@ def test_evaluate_tta_to_another_folder(tiny_run, tmp_path, capsys):
 
 
 def test_predict_csv_json_and_single_images(tiny_run, tmp_path, capsys):
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     single = tmp_path / "one.npy"
     np.save(single, tiny_run["images"][3, :, :, 0])  # [H, W]

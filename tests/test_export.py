@@ -27,8 +27,8 @@ from deeplense_tf.export import tflite as tflite_lib
 from deeplense_tf.export.spec import ExportSpec, keras_reference
 from deeplense_tf.models import build_model
 from deeplense_tf.models.layers import ImagePreprocess
+from deeplense_tf.runs import Run
 from deeplense_tf.training.config import load_config, save_config
-from deeplense_tf.training.run import Run
 
 SIZE = 16
 TARGETS = ["theta_e_arcsec", "source_x_arcsec"]

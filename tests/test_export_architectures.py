@@ -17,7 +17,7 @@ from test_export import builtin_op_names, make_run, run_predict_outputs, scaled_
 from deeplense_tf.export import exporter
 from deeplense_tf.export import tflite as tflite_lib
 from deeplense_tf.models import MODEL_NAMES
-from deeplense_tf.training.run import Run
+from deeplense_tf.runs import Run
 
 SIZE = 64
 TARGETS = ["theta_e_arcsec", "source_x_arcsec"]

@@ -91,7 +91,7 @@ def test_packaged_presets_load():
         ({"training.learning_rate": -1}, "training.learning_rate must be > 0"),
         ({"training.learning_rate": "fast"}, "training.learning_rate must be float"),
         ({"data.augment": "d8"}, "data.augment must be one of none, exact, d4"),
-        ({"model.head": "laplace"}, "model.head must be one of gaussian, point"),
+        ({"model.head": "laplace"}, "model.head must be one of gaussian,"),
         ({"model.name": "alexnet"}, "unknown model 'alexnet'"),
         ({"model.normalization": "log"}, "model.normalization must be one of"),
         ({"training.strategy": "tpu"}, "training.strategy must be one of default, mirrored, multi_worker"),
@@ -331,8 +331,8 @@ def test_run_folder_has_every_file(resumed):
 def test_training_calibrates_the_stds_and_calibrate_run_composes(resumed, tmp_path):
     """The run's stds were scaled on the val split at the end of training; `calibrate_run`
     rescales a copy again and records the new fit, and each scale lands in the model."""
-    from deeplense_tf.evaluation.calibration import calibrate_run
     from deeplense_tf.training import Run
+    from deeplense_tf.training.calibrate import calibrate_run
 
     fits = json.loads((resumed["out"] / "metrics.json").read_text())["variance_calibration"]
     assert fits["split"] == "val" and set(fits["targets"]) == set(TARGETS)

@@ -314,7 +314,7 @@ def cluster_run(run_dir, data, out_dir, **options) -> dict:
     `montage_per_cluster`, `progress`. The random-weight baseline is the run's model
     rebuilt from its `config.yaml` with fresh weights seeded by `seed`.
     """
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     split = options.pop("split", "test")
     limit = options.pop("limit", None)

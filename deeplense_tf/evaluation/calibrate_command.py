@@ -1,7 +1,7 @@
 """`deeplense calibrate --run RUN [--data PATH] [--split val]`.
 
 Rescales a finished run's predicted standard deviations so that its intervals hold
-their nominal share of the validation split (`deeplense_tf.evaluation.calibration`),
+their nominal share of the validation split (`deeplense_tf.training.calibrate`),
 rewrites RUN/model.keras atomically and records the fit in RUN/metrics.json. `deeplense
 train` already does this at the end of training; the command is for runs trained
 without it. TensorFlow is imported only when the command runs.
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from deeplense_tf.evaluation.calibration import calibrate_run
+    from deeplense_tf.training.calibrate import calibrate_run
 
     calibrate_run(args.run, args.data, split=args.split, limit=args.limit, batch_size=args.batch_size)
     return 0

@@ -63,7 +63,7 @@ def evaluate_command(
     """
     from deeplense_tf.data import load_examples
     from deeplense_tf.evaluation.report import evaluate_run, format_table, write_evaluation
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     if bins < 1:
         raise ConfigError(f"--bins must be at least 1, got {bins}")

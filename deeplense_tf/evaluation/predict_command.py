@@ -169,7 +169,7 @@ def input_paths(args) -> list[str]:
 
 
 def run(args) -> int:
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     fmt = output_format(args.out, args.format)
     inputs = input_paths(args)

@@ -214,7 +214,7 @@ def export_run(
         variant), ExportError (existing version without `overwrite`, an unconvertible
         model, a check that failed). Nothing is left in `out_dir` when it raises.
     """
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     variants = tflite_lib.parse_variants(tflite)
     name = check_name(name)

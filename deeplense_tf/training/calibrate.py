@@ -1,0 +1,63 @@
+"""`calibrate_run`: the end-of-training variance calibration, for a run that is finished.
+
+`deeplense train` calibrates the Gaussian head's stds at the end of training
+(`training/finish.py`); this does the same to a finished run folder (`deeplense calibrate
+--run RUN`, and `ensemble_runs`, whose mixture needs a scale of its own): predict the
+validation split, fit one scale per target (`deeplense_tf.models.calibration`), store it
+in the model and rewrite `model.keras` atomically. Calibrating twice composes (the second
+scale comes out near 1).
+"""
+
+from __future__ import annotations
+
+from deeplense_tf.errors import RunError
+from deeplense_tf.files import write_json_atomic
+from deeplense_tf.models.calibration import apply_variance_scale, fit_variance_scale
+from deeplense_tf.runs.layout import save_model_atomic
+from deeplense_tf.runs.run import Run
+
+
+def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None = None,
+                  batch_size: int = 256, verbose: bool = True) -> dict:
+    """Calibrate a finished run's stds on `split` and rewrite its `model.keras`.
+
+    Args:
+        run_path: the run folder.
+        data: any readable data set (`deeplense_tf.data.load_examples`); default: the
+            run's training data.
+        split: split of a simulated data directory (never calibrate on test).
+        limit: use only the first `limit` examples.
+
+    Returns `{target: fit_variance_scale(...) result}`; the same goes into the run's
+    `metrics.json` under `variance_calibration` (with `data` and `split`). Raises
+    `RunError` for a point head.
+    """
+    from deeplense_tf.data import load_examples
+
+    run = Run.load(run_path)
+    if run.head != "gaussian":
+        raise RunError(f"{run_path}: the run has a {run.head} head; only a Gaussian head has stds to calibrate")
+    data = run.data_path(data)
+    examples = load_examples(data, split=split, limit=limit)
+    run.check_examples(examples)
+    predictions = run.predict(examples.images, batch_size=batch_size)
+    results = {}
+    for target in run.targets:
+        fit = fit_variance_scale(examples.targets[target], predictions[target]["mean"],
+                                 predictions[target]["std"])
+        apply_variance_scale(run.model, target, fit["scale"])
+        results[target] = fit
+        if verbose:
+            print(
+                f"{target}: std x {fit['scale']:.3f} on {fit['examples']} {split} examples; 68% coverage "
+                f"{fit['coverage_68_before']:.3f} -> {fit['coverage_68_after']:.3f}, mean coverage gap "
+                f"{fit['calibration_error_before']:.3f} -> {fit['calibration_error_after']:.3f}"
+            )
+    paths = run.paths
+    save_model_atomic(run.model, paths.model)
+    metrics = run.metrics
+    metrics["variance_calibration"] = {"data": data, "split": split, "targets": results}
+    write_json_atomic(paths.metrics, metrics)
+    if verbose:
+        print(f"wrote {paths.model}, {paths.metrics}")
+    return results
