@@ -1,6 +1,8 @@
-"""Tuning: search-space files and their errors, the HyperModels (defaults, hp.Fixed
-overrides), objectives, a two-trial search end to end (results table, plot, best config
-that `load_config` accepts), resume without repeating trials, and the tuner factory.
+"""Tuning: search-space files and their errors, the HyperModel (defaults, hp.Fixed
+overrides), objectives and trial metrics, a two-trial search end to end (each trial a
+`deeplense train` run whose folder `deeplense evaluate` takes; results table, plot, best
+config that `load_config` accepts and that retrains to the trial's numbers), resume
+without repeating trials, Hyperband continuing a trial from its run, and the tuner factory.
 
 Tiny data (16x16 blobs from data_fixtures) and `tuning/tiny.yaml` (a one-block CNN, one
 two-step epoch per trial) keep a trial to seconds.
@@ -22,6 +24,7 @@ import yaml
 from data_fixtures import write_dataset
 
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.models import MODEL_NAMES
 from deeplense_tf.training import tuning
 from deeplense_tf.training.config import load_config
 
@@ -47,7 +50,7 @@ def quiet(fn, *args, **kwargs):
 # --- search-space files ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", sorted(tuning.HYPERMODELS))
+@pytest.mark.parametrize("family", sorted(MODEL_NAMES))
 def test_space_file_equals_builtin_default(family):
     """tuning/<family>.yaml is what `deeplense tune --model <family>` searches without --space."""
     from_file = tuning.load_search_space(SPACES / f"{family}.yaml")
@@ -156,28 +159,29 @@ def test_default_and_chosen_objectives():
         tuning.resolve_objective("val_c_mae", targets, ["gaussian"])
 
 
-def test_tuning_metrics_name_every_target():
-    stats = {"a": {"mean": 0.0, "std": 2.0}, "b": {"mean": 1.0, "std": 0.5}}
-    # One output: Keras logs val_mae / val_loss without the target's name.
-    single = tuning.add_tuning_metrics({"val_mae": 0.3, "val_loss": 1.2}, ["a"], "gaussian", stats)
-    assert single["val_a_mae"] == 0.3
-    assert single["val_a_mae_physical"] == pytest.approx(0.6)
-    assert single["val_a_nll"] == pytest.approx(1.2 + math.log(2.0))  # standardised -> physical
-    several = tuning.add_tuning_metrics(
-        {"val_loss": 3.0, "val_a_mae": 0.2, "val_b_mae": 0.4, "val_a_loss": 1.0, "val_b_loss": 2.0},
-        ["a", "b"], "point", stats,
-    )
-    assert several["val_mae"] == pytest.approx(0.3)
-    assert several["val_b_mae_physical"] == pytest.approx(0.2)
-    assert "val_a_nll" not in several  # no NLL for point predictions
+def _fake_run(folder, targets, head, validation, stds):
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"validation": validation, "epochs": 4, "best_epoch": 3}))
+    (folder / "target_stats.json").write_text(json.dumps({t: {"mean": 0.0, "std": s} for t, s in zip(targets, stds)}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"targets": targets}, "model": {"head": head}}))
+    return folder
 
 
-def test_best_epoch_metrics_takes_the_lowest_objective():
-    history = {"loss": [3, 2, 1], "val_x": [0.5, 0.2, 0.4], "val_y": [1.0, 2.0, 3.0]}
-    out = tuning.best_epoch_metrics(history, "val_x", seconds=4.5)
-    assert out == {"val_x": 0.2, "val_y": 2.0, "seconds": 4.5, "epochs": 3.0, "best_epoch": 2.0}
-    with pytest.raises(ConfigError, match="objective val_z was not logged"):
-        tuning.best_epoch_metrics(history, "val_z", 1.0)
+def test_trial_metrics_read_the_final_validation_of_the_run(tmp_path):
+    """A trial scores the model its run saved (metrics.json), under names per target."""
+    single = _fake_run(tmp_path / "one", ["a"], "gaussian",
+                       {"loss": 1.2, "targets": {"a": {"mae": 0.6, "mae_standardised": 0.3}}}, [2.0])
+    metrics = tuning.trial_metrics(single)
+    assert metrics["val_a_mae"] == 0.3 and metrics["val_a_mae_physical"] == 0.6
+    assert metrics["val_a_nll"] == pytest.approx(1.2 + math.log(2.0))  # standardised -> physical
+    assert (metrics["val_loss"], metrics["epochs"], metrics["best_epoch"]) == (1.2, 4.0, 3.0)
+    several = _fake_run(tmp_path / "two", ["a", "b"], "point", {"loss": 3.0, "targets": {
+        "a": {"mae": 0.4, "mae_standardised": 0.2, "loss": 1.0},
+        "b": {"mae": 0.2, "mae_standardised": 0.4, "loss": 2.0}}}, [2.0, 0.5])
+    metrics = tuning.trial_metrics(several)
+    assert metrics["val_mae"] == pytest.approx(0.3)
+    assert metrics["val_b_loss"] == 2.0 and metrics["val_b_mae_physical"] == 0.2
+    assert "val_a_nll" not in metrics  # no NLL for point predictions
 
 
 # --- hypermodels -------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def test_hypermodel_defaults_and_fixed_overrides(data_dir):
     base, _ = tuning.resolve_search(data_dir, model="cnn", overrides={
         **OVERRIDES, "model.normalization": "none", "model.crop": None})
     hypermodel = tuning.build_hypermodel(base)
-    assert isinstance(hypermodel, tuning.CNNHyperModel)
+    assert isinstance(hypermodel, tuning.DeepLenseHyperModel)
     assert hypermodel.objective == f"val_{TARGET}_mae"  # head is searched: MAE
 
     # No search: every hyperparameter takes its default.
@@ -195,7 +199,7 @@ def test_hypermodel_defaults_and_fixed_overrides(data_dir):
     defaults = hypermodel.declare(hp)
     assert defaults["depth"] == 3 and defaults["width"] == 32 and defaults["head"] == "gaussian"
     config = hypermodel.trial_config(defaults)
-    assert config["model"]["options"]["blocks"] == 3
+    assert config["model"]["options"]["blocks"] == 3  # cnn's registry alias depth -> blocks
     assert config["training"]["learning_rate"] == pytest.approx(1e-3)
     assert config["training"]["epochs"] == 30 and config["training"]["batch_size"] == 64
 
@@ -204,21 +208,23 @@ def test_hypermodel_defaults_and_fixed_overrides(data_dir):
     fixed.Fixed("depth", 2)
     fixed.Fixed("width", 4)
     fixed.Fixed("head", "point")
-    fixed.Fixed("batch_size", 8)
-    fixed.Fixed("learning_rate", 5e-3)
     model = hypermodel.build(fixed)
     convs = [layer for layer in model.layers if layer.name.endswith("_conv0")]
     assert [layer.filters for layer in convs] == [4, 8]  # two blocks, width 4 then 8
     assert tuple(model.get_layer(TARGET).output.shape) == (None, 1)  # point head
-    # Compiled as `deeplense train` would: AdamW on the warm-up + cosine schedule, whose peak
-    # is the trial's rate and whose length is its epochs x (40 examples // batch 8) steps.
-    schedule = model.optimizer.get_config()["learning_rate"]["config"]
-    assert schedule["peak_learning_rate"] == pytest.approx(5e-3)
-    assert schedule["total_steps"] == 30 * 5
-    assert model.optimizer.get_config()["weight_decay"] == pytest.approx(1e-4)
+
+    # A Hyperband continuation: the earlier trial's run, the epochs left, a fresh schedule.
+    continued = hypermodel.trial_config({**defaults, "tuner/epochs": 9, "tuner/initial_epoch": 3},
+                                        init_from=data_dir)
+    assert continued["training"]["epochs"] == 6
+    assert continued["training"]["init_from"] == str(Path(data_dir).resolve())
+    assert continued["training"]["finetune_lr_factor"] == 1.0
+    # Trials train through the package's loop, never Keras's fit.
+    with pytest.raises(ConfigError, match="train through deeplense train's loop"):
+        hypermodel.fit(fixed, model)
 
 
-@pytest.mark.parametrize("family", sorted(tuning.HYPERMODELS))
+@pytest.mark.parametrize("family", sorted(MODEL_NAMES))
 def test_every_family_default_trial_is_a_valid_config(family, data_dir):
     base, space = tuning.resolve_search(data_dir, model=family, overrides=OVERRIDES)
     hypermodel = tuning.build_hypermodel(base, space)
@@ -233,6 +239,7 @@ def test_tuner_factory(tmp_path, data_dir):
     oracles = {}
     for kind in tuning.TUNERS:
         tuner = tuning.make_tuner(kind, hypermodel, tmp_path / kind, max_trials=3, max_epochs=2)
+        assert isinstance(tuner, tuning.DeepLenseTuner)
         oracles[kind] = type(tuner.oracle).__name__
         assert tuner.oracle.objective.name == f"val_{TARGET}_nll"
         assert tuner.oracle.max_trials == 3
@@ -281,6 +288,20 @@ def test_two_trial_search_then_resume(tmp_path, data_dir):
     assert metrics["validation"]["targets"][TARGET]["mae"] == pytest.approx(
         best[f"val_{TARGET}_mae_physical"], rel=1e-3)
 
+    # Each trial is a `deeplense train` run: its folder is a run folder with the trial's
+    # config, its score what that run saved, and `deeplense evaluate` takes it.
+    trial_dir = out / "search" / f"trial_{best['trial_id']}"
+    assert f"best trial {best['trial_id']}, a run folder: {trial_dir}" in printed
+    assert load_config(trial_dir / "config.yaml") == config
+    trial_metrics = json.loads((trial_dir / "metrics.json").read_text())
+    assert trial_metrics["validation"]["targets"][TARGET]["mae"] == pytest.approx(
+        best[f"val_{TARGET}_mae_physical"], rel=1e-9)
+    assert "variance_calibration" in trial_metrics  # the loop's end-of-run steps ran
+    assert "epoch 1/1" in (trial_dir / "train.log").read_text()
+    code, printed = quiet(main, ["evaluate", "--run", str(trial_dir), "--data", str(data_dir)])
+    assert code == 0, printed
+    assert (trial_dir / "eval" / "metrics.json").is_file()
+
     # Resume asking for three: one new trial, the first two untouched.
     before = {p: p.stat().st_mtime_ns for p in (out / "search").glob("trial_*/trial.json")}
     result, printed = quiet(tuning.tune, data_dir, out, space=TINY, max_trials=3, overrides=OVERRIDES,
@@ -304,25 +325,36 @@ def test_two_trial_search_then_resume(tmp_path, data_dir):
         tuning.tune(data_dir, out, space=TINY, tuner="bayesian", max_trials=4, overrides=OVERRIDES, seed=3)
 
 
-def test_hyperband_sets_the_epochs(tmp_path, data_dir):
-    """Hyperband's `tuner/epochs` becomes the trial's training.epochs (and the best config's)."""
-    result, _ = quiet(tuning.tune, data_dir, tmp_path / "hb", space=TINY, tuner="hyperband",
-                      max_trials=1, epochs=2, overrides=OVERRIDES, progress=False)
-    assert result.new_trials == 1
-    row = result.table.iloc[0]
-    assert row["tuner/epochs"] == 2 and "epochs" not in result.best_config["model"]["options"]
-    assert result.best_config["training"]["epochs"] == 2
-    assert row["epochs"] == 2  # epochs run
-    assert yaml.safe_load((tmp_path / "hb" / "best_config.yaml").read_text())["training"]["epochs"] == 2
+def test_hyperband_sets_the_epochs_and_continues_trials_from_their_runs(tmp_path, data_dir):
+    """Hyperband's `tuner/epochs` becomes the trial's training.epochs (and the best config's);
+    a trial it promotes trains on from the earlier trial's run folder (`training.init_from`)."""
+    out = tmp_path / "hb"
+    # max_epochs 3, factor 3: three one-epoch trials, then the best continues to epoch 3.
+    result, _ = quiet(tuning.tune, data_dir, out, space=TINY, tuner="hyperband",
+                      max_trials=4, epochs=3, overrides=OVERRIDES, progress=False)
+    assert result.new_trials == 4
+    table = result.table.set_index("trial_id")
+    assert list(table["tuner/epochs"]) == [1, 1, 1, 3]
+    continued = table.iloc[3]
+    earlier = out / "search" / f"trial_{continued['tuner/trial_id']}"
+    config = load_config(out / "search" / f"trial_{table.index[3]}" / "config.yaml")
+    assert config["training"]["init_from"] == str(earlier.resolve())
+    assert config["training"]["epochs"] == 2  # the epochs left after the earlier trial's one
+    assert continued["epochs"] == 2  # epochs run
+    # The best config trains from scratch for the whole budget.
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["training"]["init_from"] is None
+    assert best["training"]["epochs"] in (1, 3)
+    assert "epochs" not in best["model"]["options"]
 
 
 def test_failing_trials_end_the_search_with_the_cause(tmp_path, data_dir, monkeypatch):
     from deeplense_tf.errors import DataError
 
-    def broken_fit(self, hp, model, *args, **kwargs):
+    def broken_train(self, values, out_dir, init_from=None):
         raise DataError("shard train-00000 is truncated")
 
-    monkeypatch.setattr(tuning.DeepLenseHyperModel, "fit", broken_fit)
+    monkeypatch.setattr(tuning.DeepLenseHyperModel, "train_trial", broken_train)
     with pytest.raises(ConfigError, match="three trials in a row failed, the last with: .*shard train-00000 is truncated"):
         quiet(tuning.tune, data_dir, tmp_path / "s", space=TINY, max_trials=5, overrides=OVERRIDES, progress=False)
 

@@ -5,8 +5,10 @@
         [--seed S] [--smoke] [--overwrite] [--set KEY=VALUE ...]
 
 Search spaces are YAML files (`tuning/<family>.yaml`; without --space the family's
-built-in space, the same as that file). Writes DIR/results.csv (one row per trial),
-DIR/scores.png and DIR/best_config.yaml, which `deeplense train --config` takes as it is.
+built-in space, the same as that file). Each trial is a `deeplense train` run into
+DIR/search/trial_<id>/, a run folder that `deeplense evaluate`, `export` and `cluster`
+take. Writes DIR/results.csv (one row per trial), DIR/scores.png and
+DIR/best_config.yaml, which `deeplense train --config` takes as it is.
 Running the same command again resumes: finished trials are kept, --max-trials counts
 them. Distributed search: see tuning/launch_distributed.sh.
 """
@@ -65,6 +67,6 @@ def run(args) -> int:
         if key in result.paths:
             print(f"wrote {result.paths[key]}")
     if result.best_config is not None:
-        print(f"best trial {result.best_trial_id}; train it with: deeplense train --config "
-              f"{result.paths['best_config']} --out RUN")
+        print(f"best trial {result.best_trial_id}, a run folder: {result.paths['best_run']}; "
+              f"train it again with: deeplense train --config {result.paths['best_config']} --out RUN")
     return 0
