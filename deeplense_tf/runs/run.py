@@ -44,7 +44,7 @@ class Run:
         model: the Keras model (raw pixels in, standardised outputs out).
         config: the resolved experiment config.
         targets: target names, in output order.
-        head: "gaussian" or "point".
+        head: "gaussian", "student_t" or "point".
         input_shape: `(H, W, C)` of the raw images.
         target_stats: `{target: {"mean", "std"}}` in physical units.
         info: the contents of run.json.
@@ -211,7 +211,7 @@ class Run:
             out = forward(images[start : start + batch_size])
             for t in self.targets:
                 chunks[t].append(np.asarray(out[t], dtype=np.float32))
-        width = 2 if self.head == "gaussian" else 1
+        width = {"gaussian": 2, "student_t": 3}.get(self.head, 1)
         return {
             t: np.concatenate(c) if c else np.zeros((0, width), np.float32) for t, c in chunks.items()
         }
@@ -222,8 +222,10 @@ class Run:
             mean, std = self.target_stats[t]["mean"], self.target_stats[t]["std"]
             values = raw[t].astype(np.float64)
             pred_mean = values[:, 0] * std + mean
-            pred_std = np.exp(0.5 * values[:, 1]) * std if self.head == "gaussian" else None
+            pred_std = np.exp(0.5 * values[:, 1]) * std if self.head != "point" else None
             out[t] = {"mean": pred_mean, "std": pred_std}
+            if values.shape[1] >= 3:  # Student-t head: degrees of freedom (unitless)
+                out[t]["df"] = values[:, 2]
         return out
 
     def predict(self, images, batch_size: int = 256, tta: bool = False) -> dict:
@@ -236,13 +238,18 @@ class Run:
             tta: test-time augmentation over the eight D4 elements. Each transformed
                 image is predicted, vector / spin-2 targets are mapped back to the
                 original frame, and the eight predictions are treated as an
-                equal-weight mixture: the mean is their average and, for the Gaussian
-                head, the variance is the mixture's total variance (mean of the eight
-                variances plus the variance of the eight means), so disagreement
-                between views widens the interval rather than being ignored.
+                equal-weight mixture: the mean is their average and, for a
+                probabilistic head, the variance is the mixture's total variance (mean of
+                the eight variances plus the variance of the eight means), so
+                disagreement between views widens the interval rather than being ignored.
+                The mixture itself is returned as `components` (what coverage and
+                calibration score: `deeplense_tf.predictive.Predictive.from_prediction`).
 
         Returns:
-            `{target: {"mean": float64 [N], "std": float64 [N] or None (point head)}}`.
+            `{target: {"mean": float64 [N], "std": float64 [N] or None (point head)}}`,
+            plus `"df"` [N] for the Student-t head, and with `tta` for a probabilistic
+            head `"components": {"mean", "std"[, "df"]}`, each `[8, N]` (NaN where a
+            view cannot be mapped back).
         """
         images = self._check_images(images)
         if not tta:
@@ -256,26 +263,32 @@ class Run:
                 f"test-time augmentation rotates by 90 degrees and needs square images, got {height}x{width}"
             )
         kinds = (self.manifest or {}).get("target_kinds") or {}
-        means, variances = [], []
+        means, variances, dfs = [], [], []
         for name in augment.D4_ELEMENTS:
             view = self._to_physical(
                 self.predict_standardised(augment.transform_image(images, name), batch_size)
             )
             means.append(_back_to_original_frame(view, "mean", name, kinds, self.targets))
-            if self.head == "gaussian":
+            if self.head != "point":
                 # A D4 map permutes components and flips their signs, so the stds follow
                 # the same permutation (their signs are dropped by squaring).
                 stds = _back_to_original_frame(view, "std", name, kinds, self.targets)
                 variances.append({t: np.square(stds[t]) for t in self.targets})
+            if self.head == "student_t":
+                df = _back_to_original_frame(view, "df", name, kinds, self.targets)
+                dfs.append({t: np.abs(df[t]) for t in self.targets})
         out = {}
         for t in self.targets:
             stacked = np.stack([m[t] for m in means])  # [8, N]; NaN where a view cannot be mapped back
             mean = np.nanmean(stacked, axis=0)
             std = None
-            if self.head == "gaussian":
-                aleatoric = np.nanmean(np.stack([v[t] for v in variances]), axis=0)
-                std = np.sqrt(aleatoric + np.nanvar(stacked, axis=0))
             out[t] = {"mean": mean, "std": std}
+            if self.head != "point":
+                component_var = np.stack([v[t] for v in variances])
+                out[t]["std"] = np.sqrt(np.nanmean(component_var, axis=0) + np.nanvar(stacked, axis=0))
+                out[t]["components"] = {"mean": stacked, "std": np.sqrt(component_var)}
+            if self.head == "student_t":
+                out[t]["components"]["df"] = np.stack([d[t] for d in dfs])
         return out
 
     def embedding_model(self, layer: str | None = None):
