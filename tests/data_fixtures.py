@@ -7,8 +7,11 @@ matching transform of its vector and spin-2 targets.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import pickle
+import types
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,62 @@ def write_dataset(
             manifest["target_stats"] = {t: _stats(v) for t, v in targets.items()}
     (directory / schema.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return directory
+
+
+# --- DeepLense-style .npy files as numpy writes them ---------------------------------------
+
+
+class _Numpy1Pickler(pickle._Pickler):
+    """Python's own pickler, naming numpy's helpers as numpy 1.x did (`numpy.core.*`).
+
+    numpy 2 moved `numpy.core` to `numpy._core`; files written with numpy 1.x name the old
+    module. Only the module names differ, so this reproduces those files exactly.
+    """
+
+    def save_global(self, obj, name=None):
+        name = name or getattr(obj, "__qualname__", None) or obj.__name__
+        module = pickle.whichmodule(obj, name)
+        if module.startswith("numpy._core"):
+            module = "numpy.core" + module[len("numpy._core") :]
+        if self.proto >= 4:
+            self.save(module)
+            self.save(name)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+        self.memoize(obj)
+
+    # The base class dispatches Python functions (numpy's `_frombuffer`) to its own
+    # save_global, not to the override.
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[types.FunctionType] = save_global
+
+
+def pickle_bytes(value, protocol: int, numpy1_names: bool = False) -> bytes:
+    """`pickle.dumps(value, protocol)`, optionally with numpy 1.x module names."""
+    if not numpy1_names:
+        return pickle.dumps(value, protocol=protocol)
+    buffer = io.BytesIO()
+    _Numpy1Pickler(buffer, protocol=protocol).dump(value)
+    return buffer.getvalue()
+
+
+def deeplense_entry(image, mass, row: bool = False) -> np.ndarray:
+    """`np.array([image, mass], dtype=object)` (shape (2,)), or the (1, 2) row vector."""
+    entry = np.array([[image, mass]] if row else [image, mass], dtype=object)
+    assert entry.shape == ((1, 2) if row else (2,))
+    return entry
+
+
+def write_pickled_npy(path, array, protocol: int = 4, numpy1_names: bool = False) -> Path:
+    """Write an object array as `np.save(..., allow_pickle=True)` does (header + pickle).
+
+    numpy 2's `np.save` pickles with protocol 4, numpy 1.x's with protocol 3; other
+    protocols come from code that pickles the array itself into a `.npy` container.
+    """
+    path = Path(path)
+    with open(path, "wb") as handle:
+        header = {"descr": "|O", "fortran_order": False, "shape": array.shape}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(pickle_bytes(array, protocol, numpy1_names))
+    return path

@@ -8,11 +8,19 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-from data_fixtures import TARGETS, make_examples, write_dataset
+from data_fixtures import (
+    TARGETS,
+    deeplense_entry,
+    make_examples,
+    pickle_bytes,
+    write_dataset,
+    write_pickled_npy,
+)
 
 from deeplense_tf.data import build_dataset, load_examples, read_manifest, validate_images
+from deeplense_tf.data.pipeline import count_usable_examples
 from deeplense_tf.data.readers import DEEPLENSE_TARGET, check_target_names
-from deeplense_tf.data.safe_npy import load_npy
+from deeplense_tf.data.safe_npy import load_npy, parse_array_pickle
 from deeplense_tf.errors import DataError
 
 
@@ -87,6 +95,108 @@ def test_deeplense_split_subfolders(tmp_path):
         load_examples(tmp_path, split="val")
 
 
+# Every layout the DeepLense repositories' files come in: (name, writer(path, image, mass)
+# -> mass the file carries or None). `image` is [H, W].
+def _object(image, mass, path):
+    np.save(path, deeplense_entry(image, mass), allow_pickle=True)
+
+
+_LAYOUTS = {
+    "object [image, m]": lambda p, img, m: (_object(img, m, p), m)[1],
+    "object row (1, 2)": lambda p, img, m: (np.save(p, deeplense_entry(img, m, row=True)), m)[1],
+    "object [[1, H, W], m]": lambda p, img, m: (_object(img[None], m, p), m)[1],
+    "object [[H, W, 1], m]": lambda p, img, m: (_object(img[..., None], m, p), m)[1],
+    "object [flat H*W, m]": lambda p, img, m: (_object(img.ravel(), m, p), m)[1],
+    "object [float32 image, float32 m]": lambda p, img, m: (
+        _object(img.astype(np.float32), np.float32(m), p),
+        float(np.float32(m)),
+    )[1],
+    "object [big-endian image, python float]": lambda p, img, m: (
+        _object(img.astype(">f8"), float(m), p),
+        m,
+    )[1],
+    "object [int16 image, 0-d m]": lambda p, img, m: (
+        _object(np.round(img * 1000).astype(np.int16), np.array(m), p),
+        m,
+    )[1],
+    "object [fortran image, m]": lambda p, img, m: (_object(np.asfortranarray(img), m, p), m)[1],
+    "plain [H, W]": lambda p, img, m: (np.save(p, img), None)[1],
+    "plain [1, H, W]": lambda p, img, m: (np.save(p, img[None]), None)[1],
+    "plain [H, W, 1]": lambda p, img, m: (np.save(p, img[..., None]), None)[1],
+    "plain flat H*W": lambda p, img, m: (np.save(p, img.ravel()), None)[1],
+    "plain float32 fortran": lambda p, img, m: (
+        np.save(p, np.asfortranarray(img.astype(np.float32))),
+        None,
+    )[1],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(_LAYOUTS))
+def test_every_published_layout_reads(tmp_path, layout):
+    image = np.random.default_rng(1).random((6, 6)) * 4
+    folder = tmp_path / "Model_II" / "axion"
+    folder.mkdir(parents=True)
+    mass = _LAYOUTS[layout](folder / "axion_sim_0.npy", image, 3e-23)
+    examples = load_examples(tmp_path / "Model_II")
+    assert examples.images.shape == (1, 6, 6, 1) and examples.images.dtype == np.float32
+    expected = image
+    if "int16" in layout:
+        expected = np.round(image * 1000).astype(np.int16)
+    np.testing.assert_allclose(examples.images[0, ..., 0], expected.astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(examples.class_id, [2])
+    if mass is None:
+        assert DEEPLENSE_TARGET not in examples.targets  # an unlabelled image
+    else:
+        np.testing.assert_allclose(examples.targets[DEEPLENSE_TARGET], [np.log10(mass)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("numpy1_names", [False, True], ids=["numpy2", "numpy1"])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("row", [False, True], ids=["(2,)", "(1,2)"])
+def test_genuine_numpy_pickles_read(tmp_path, protocol, numpy1_names, row):
+    """What `pickle.dumps(np.array([img, m], dtype=object))` gives in each protocol, with
+    numpy 2's module names and numpy 1.x's, reads with the strict parser."""
+    image = np.random.default_rng(protocol).random((150, 150)).astype(np.float32)
+    entry = deeplense_entry(image, np.float64(1.5e-24), row=row)
+    payload = pickle_bytes(entry, protocol, numpy1_names)
+    assert (b"numpy.core." in payload) == numpy1_names
+    parsed = parse_array_pickle(payload)
+    assert parsed.shape == entry.shape and parsed.dtype == object
+    np.testing.assert_array_equal(parsed.reshape(2)[0], image)
+    assert parsed.reshape(2)[1] == 1.5e-24
+    path = write_pickled_npy(tmp_path / "axion_0.npy", entry, protocol, numpy1_names)
+    examples = load_examples(path)
+    np.testing.assert_array_equal(examples.images[0, ..., 0], image)
+    np.testing.assert_allclose(examples.targets[DEEPLENSE_TARGET], [np.log10(1.5e-24)])
+
+
+@pytest.mark.parametrize(
+    "folders,expected",
+    [
+        (("no_sub", "cdm", "axion"), [0, 1, 2]),  # Models I-IV
+        (("no", "sphere", "vort"), [0, 1, 2]),  # the classification test set
+        (("no", "spherical", "vortex"), [0, 1, 2]),  # the domain-adaptation sets
+        (("nosub", "subhalo", "Axion"), [0, 1, 2]),
+        (("No Substructure", "CDM", "Vortex"), [0, 1, 2]),
+        (("no_substructure", "sub", "axion"), [0, 1, 2]),  # a binary set's `sub`
+        (("no-sub", "cdm", "vort"), [0, 1, 2]),
+    ],
+)
+def test_class_folder_names(tmp_path, folders, expected):
+    for index, folder in enumerate(folders):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / f"{index}.npy", np.ones((4, 4), np.float32))
+    examples = load_examples(tmp_path)
+    order = np.argsort([str(tmp_path / f / f"{i}.npy") for i, f in enumerate(folders)])
+    np.testing.assert_array_equal(examples.class_id, np.asarray(expected)[order])
+
+
+def test_unknown_class_folder_leaves_class_id_unknown(tmp_path):
+    (tmp_path / "lenses").mkdir()
+    np.save(tmp_path / "lenses" / "0.npy", np.ones((4, 4), np.float32))
+    assert load_examples(tmp_path).class_id is None
+
+
 class _RunsCommand:
     """What an attacker would pickle: unpickling calls os.system(...)."""
 
@@ -129,12 +239,15 @@ def test_restricted_unpickler_still_reads_real_files(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        (["only-one"], "expected an object array \\[image, label\\]"),
-        ([np.ones((4, 4)), 1e-23, 5], "expected an object array \\[image, label\\]"),
-        ([np.ones((4, 4)), "heavy"], "axion mass in eV as label"),
+        (["only-one"], "item is str; only numeric arrays and numbers"),
+        ([np.ones((4, 4)), 1e-23, 5], "than the 2 allowed"),
+        ([np.ones((4, 4)), "heavy"], "item is str"),
         ([np.ones((4, 4)), -1.0], "positive axion mass"),
-        ([np.ones((2, 4, 4)), 1e-23], "must be 2-D"),
-        (["text", 1e-23], "numeric image array"),
+        ([np.ones((2, 4, 4)), 1e-23], r"must be \[H, W\], \[1, H, W\], \[H, W, 1\] or a flat"),
+        ([np.ones(15), 1e-23], r"flat image must have H \* W values with H == W, got 15"),
+        ([np.ones((4, 4))], r"of shape \(2,\) or \(1, 2\), got shape \(1,\)"),
+        (["text", 1e-23], "item is str"),
+        ([1e-23, np.ones((4, 4))], "numeric image array first"),
     ],
 )
 def test_npy_that_is_not_image_label_is_an_error(tmp_path, content, message):
@@ -319,16 +432,67 @@ def test_corrupt_or_truncated_shard_names_the_file(simulated, tmp_path, damage, 
     assert str(shard) in str(info.value)
 
 
-def test_shard_cut_at_a_record_boundary_is_caught_by_the_count(simulated, tmp_path):
+def _cut_test_shard(simulated, tmp_path, keep: int, extra_bytes: int = 0):
+    """A copy whose test shard keeps its first `keep` records (plus `extra_bytes` of the next)."""
     import tensorflow as tf
 
-    records = list(tf.data.TFRecordDataset(str(simulated / "test-00000-of-00001.tfrecord")))
+    records = [
+        r.numpy() for r in tf.data.TFRecordDataset(str(simulated / "test-00000-of-00001.tfrecord"))
+    ]
     copy, shard = _damaged_copy(simulated, tmp_path, lambda b: b)
     with tf.io.TFRecordWriter(str(shard)) as writer:
-        for record in records[:-1]:
-            writer.write(record.numpy())
-    with pytest.raises(DataError, match="has 4 records in its shards but the manifest says 5"):
+        for record in records[:keep]:
+            writer.write(record)
+    if extra_bytes:
+        whole = shard.read_bytes()
+        tail = simulated.joinpath("test-00000-of-00001.tfrecord").read_bytes()[len(whole) :]
+        shard.write_bytes(whole + tail[:extra_bytes])
+    return copy, shard
+
+
+def test_shard_cut_at_a_record_boundary_is_caught_by_the_count(simulated, tmp_path):
+    """TFRecord has no end marker: only the manifest's count shows the missing records."""
+    import tensorflow as tf
+
+    copy, _ = _cut_test_shard(simulated, tmp_path, keep=3)
+    manifest = read_manifest(copy)
+    message = r"split 'test' has 3 records in its shards but the manifest says 5"
+    with pytest.raises(DataError, match=message):
         build_dataset(copy, "test", targets=["theta_e_arcsec"], batch_size=2)
+    with pytest.raises(DataError, match=message):
+        load_examples(copy, split="test")
+    with pytest.raises(DataError, match=message):
+        load_examples(copy, split="test", limit=4)  # asked for more than the shards hold
+    assert len(load_examples(copy, split="test", limit=3)) == 3  # a prefix cannot tell
+    with pytest.raises(DataError, match=message):
+        count_usable_examples(copy, manifest, "test", ["theta_e_arcsec"])
+    # Without the up-front read, the stream itself stops at the short split.
+    stats = {"theta_e_arcsec": {"mean": 1.0, "std": 0.2}}
+    dataset = build_dataset(
+        copy, "test", targets=["theta_e_arcsec"], batch_size=2, verify=False, target_stats=stats
+    )
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain 5"):
+        list(dataset)
+    assert (
+        count_usable_examples(simulated, read_manifest(simulated), "test", ["theta_e_arcsec"]) == 5
+    )
+    # log10_m_axion_ev is defined for the axion class only (indices 2 of 0..4)
+    assert (
+        count_usable_examples(simulated, read_manifest(simulated), "test", [DEEPLENSE_TARGET]) == 1
+    )
+
+
+def test_shard_cut_in_the_middle_of_a_record_names_the_shard(simulated, tmp_path):
+    copy, shard = _cut_test_shard(simulated, tmp_path, keep=3, extra_bytes=30)
+    for read in (
+        lambda: load_examples(copy, split="test"),
+        lambda: build_dataset(copy, "test", targets=["theta_e_arcsec"], batch_size=2),
+    ):
+        with pytest.raises(DataError, match="corrupt or truncated shard") as info:
+            read()
+        assert str(shard) in str(info.value)
+    with pytest.raises(DataError, match="split 'test' has a corrupt or truncated shard"):
+        count_usable_examples(copy, read_manifest(copy), "test", ["theta_e_arcsec"])
 
 
 def test_missing_shard(simulated, tmp_path):

@@ -11,11 +11,13 @@ from deeplense_tf._lazy import lazy_exports
 
 _EXPORTS = {
     "Examples": "readers",
+    "check_split_count": "readers",
     "check_target_names": "readers",
     "load_examples": "readers",
     "read_manifest": "readers",
     "validate_images": "readers",
     "build_dataset": "pipeline",
+    "count_usable_examples": "pipeline",
     "resolve_target_stats": "pipeline",
     "verify_split": "pipeline",
     "d4_images": "augment",

@@ -25,6 +25,7 @@ from deeplense_tf.data import schema
 from deeplense_tf.data.readers import (
     Examples,
     _first_line,
+    check_split_count,
     check_target_names,
     examples_from_path_or_object,
     read_manifest,
@@ -126,11 +127,7 @@ def verify_split(directory, split: str, manifest: dict | None = None) -> int:
         if key not in _VERIFIED_SHARDS:
             _VERIFIED_SHARDS[key] = _verify_shard(shard, check, nbytes, manifest["image_shape"])
         total += _VERIFIED_SHARDS[key]
-    if total != expected:
-        raise DataError(
-            f"{directory}: split {split!r} has {total} records in its shards but the manifest "
-            f"says {expected} (a shard is truncated or comes from another run)"
-        )
+    check_split_count(directory, split, expected, total)
     return total
 
 
@@ -160,6 +157,40 @@ def _verify_shard(shard: Path, check, nbytes: int, image_shape) -> int:
         raise DataError(
             f"{shard}: records do not match the manifest's features ({_first_line(error)})"
         ) from None
+    return count
+
+
+def count_usable_examples(directory, manifest: dict, split: str, targets) -> int:
+    """Examples of `split` with every one of `targets` defined (reads only the targets).
+
+    Raises DataError naming the split when its shards hold another number of records
+    than the manifest says (see `check_split_count`).
+    """
+    shards, expected = split_shards(directory, manifest, split)
+    spec = {schema.TARGET_PREFIX + t: tf.io.FixedLenFeature([], tf.float32) for t in targets}
+
+    def usable(records):
+        parsed = tf.io.parse_example(records, spec)
+        finite = [tf.math.is_finite(v) for v in parsed.values()]
+        both = tf.reduce_all(tf.stack(finite), axis=0)
+        return tf.size(records, tf.int64), tf.reduce_sum(tf.cast(both, tf.int64))
+
+    total = count = 0
+    dataset = tf.data.TFRecordDataset([os.fspath(s) for s in shards]).batch(4096).map(usable)
+    try:
+        for records, good in dataset:
+            total, count = total + int(records), count + int(good)
+    except tf.errors.DataLossError:
+        raise DataError(
+            f"{directory}: split {split!r} has a corrupt or truncated shard (unreadable after "
+            f"{total} records)"
+        ) from None
+    except tf.errors.InvalidArgumentError as error:
+        raise DataError(
+            f"{directory}: split {split!r}: records do not match the manifest's features "
+            f"({_first_line(error)})"
+        ) from None
+    check_split_count(directory, split, expected, total)
     return count
 
 
@@ -331,6 +362,9 @@ def build_dataset(
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
+        # Even with verify=False a split that ends early stops with an error (naming both
+        # counts) rather than training or evaluating quietly on fewer examples.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
         image_shape = info.image_shape
         dataset = dataset.map(
             lambda record: parse_record(record, image_shape, needed), num_parallel_calls=AUTOTUNE

@@ -30,13 +30,22 @@ from deeplense_tf.errors import DataError
 
 DEEPLENSE_TARGET = "log10_m_axion_ev"
 
-# Folder names used by the published DeepLense sets (and ours) for the three classes.
+# Class folder names in the DeepLense repositories (ML4SCI/DeepLense and its projects,
+# DeepLenseSim, unsupervised-lensing) and ours, compared after lower-casing and turning
+# spaces and hyphens into underscores: Models I-IV use `no_sub` / `cdm` / `axion`; the
+# classification test set uses `no` / `sphere` / `vort`; the domain-adaptation sets
+# `no` / `spherical` / `vortex`; the binary substructure sets `no_sub` / `sub`; plots and
+# tables spell out "No Substructure". A binary set's `sub` (some substructure) is read as
+# `cdm`, the substructure class of the three.
 CLASS_FOLDER_ALIASES = {
     "no_sub": "no_sub",
     "nosub": "no_sub",
     "no": "no_sub",
+    "no_substructure": "no_sub",
     "cdm": "cdm",
+    "sub": "cdm",
     "sphere": "cdm",
+    "spherical": "cdm",
     "subhalo": "cdm",
     "axion": "axion",
     "vort": "axion",
@@ -221,6 +230,20 @@ def split_shards(directory, manifest: dict, split: str) -> tuple[list[Path], int
     return paths, int(splits[split]["count"])
 
 
+def check_split_count(directory, split: str, expected: int, found: int) -> None:
+    """DataError naming the split when its shards held `found` records, not `expected`.
+
+    TFRecord files have no end marker, so a shard cut at a record boundary (a copy that
+    stopped early, a disk that filled up) reads cleanly; only the manifest's count shows
+    that records are missing.
+    """
+    if found != expected:
+        raise DataError(
+            f"{directory}: split {split!r} has {found} records in its shards but the manifest "
+            f"says {expected} (a shard is truncated or comes from another run)"
+        )
+
+
 # --- source kinds -------------------------------------------------------------------------
 
 
@@ -277,7 +300,7 @@ def _load_simulated(directory: Path, split: str, limit: int | None) -> Examples:
     import tensorflow as tf
 
     manifest = read_manifest(directory)
-    shards, _ = split_shards(directory, manifest, split)
+    shards, expected = split_shards(directory, manifest, split)
     channels = manifest["image_shape"][2]
     targets, nuisances = list(manifest["targets"]), list(manifest["nuisances"])
     spec = schema.feature_spec(targets, nuisances)
@@ -319,7 +342,11 @@ def _load_simulated(directory: Path, split: str, limit: int | None) -> Examples:
             ) from None
         if remaining is not None and remaining <= 0:
             break
-    if not images or sum(len(b) for b in images) == 0:
+    found = sum(len(b) for b in images)
+    if limit is None or found < limit or found > expected:
+        # Every record was read (or more than the manifest has): the count must match.
+        check_split_count(directory, split, expected, found)
+    if found == 0:
         raise DataError(f"{directory}: split {split!r} has no examples")
 
     def join(key):
@@ -383,7 +410,7 @@ def _npy_files(directory: Path, split: str) -> tuple[Path, list[Path]]:
 
 def _class_of(path: Path, root: Path) -> str | None:
     for part in path.relative_to(root).parts[:-1]:
-        name = CLASS_FOLDER_ALIASES.get(part.lower())
+        name = CLASS_FOLDER_ALIASES.get(re.sub(r"[\s-]+", "_", part.strip().lower()))
         if name is not None:
             return name
     return None
@@ -392,17 +419,20 @@ def _class_of(path: Path, root: Path) -> str | None:
 def parse_deeplense_array(array: np.ndarray, source: str) -> tuple[np.ndarray, float]:
     """(image [H, W] float32, axion mass in eV or NaN) from one DeepLense `.npy` array.
 
-    Accepts the published object arrays `[image, m]`, and plain numeric images
-    (`[H, W]`, `[1, H, W]`, `[H, W, 1]`) for classes without a label.
+    The layouts of the published files: an object array `[image, m]` of shape (2,) or a
+    row vector `[[image, m]]` of shape (1, 2); a plain numeric image (a class without a
+    label). An image, inside an object array or alone, is `[H, W]`, `[1, H, W]`,
+    `[H, W, 1]` or a flat vector of `H * W` values with `H == W`.
     """
     label = math.nan
     if array.dtype.hasobject:
-        if array.shape != (2,):
+        if array.shape not in ((2,), (1, 2)):
             raise DataError(
-                f"{source}: expected an object array [image, label], got shape {array.shape}"
+                f"{source}: expected an object array [image, label] of shape (2,) or (1, 2), "
+                f"got shape {array.shape}"
             )
-        image, raw_label = array[0], array[1]
-        if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiu":
+        image, raw_label = array.reshape(2)
+        if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiu" or image.ndim == 0:
             raise DataError(
                 f"{source}: expected [image, label] with a numeric image array first, got "
                 f"{type(image).__name__}"
@@ -420,14 +450,25 @@ def parse_deeplense_array(array: np.ndarray, source: str) -> tuple[np.ndarray, f
         image = array
     else:
         raise DataError(f"{source}: expected [image, label], got an array of dtype {array.dtype}")
-    image = np.asarray(image)
+    return _as_2d_image(np.asarray(image), source).astype(np.float32), label
+
+
+def _as_2d_image(image: np.ndarray, source: str) -> np.ndarray:
     if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
         image = image.reshape(image.shape[1:] if image.shape[0] == 1 else image.shape[:-1])
+    elif image.ndim == 1:
+        side = math.isqrt(image.size)
+        if side * side != image.size or side == 0:
+            raise DataError(
+                f"{source}: a flat image must have H * W values with H == W, got {image.size}"
+            )
+        image = image.reshape(side, side)
     if image.ndim != 2:
         raise DataError(
-            f"{source}: the image must be 2-D (H, W) or have one channel, got shape {image.shape}"
+            f"{source}: the image must be [H, W], [1, H, W], [H, W, 1] or a flat H * W vector, "
+            f"got shape {image.shape}"
         )
-    return image.astype(np.float32), label
+    return image
 
 
 def _load_npy_folder(directory: Path, split: str, limit: int | None) -> Examples:

@@ -57,14 +57,14 @@ import tensorflow as tf
 
 from deeplense_tf import __version__
 from deeplense_tf.errors import ConfigError, DataError, RunError
-from deeplense_tf.training import run as run_files
+from deeplense_tf.runs import layout as run_files
+from deeplense_tf.runs.run import Run
 from deeplense_tf.training.config import (
     diff_configs,
     load_config,
     save_config,
     write_text_atomic,
 )
-from deeplense_tf.training.run import Run
 from deeplense_tf.training.schedules import PhasedSchedule, WarmupCosineDecay
 
 # Config keys that may change between an interrupted session and its resumption.
@@ -210,20 +210,11 @@ def make_datasets(config: dict):
 
 
 def count_usable_examples(path, manifest: dict, split: str, targets) -> int:
-    """Examples of `split` with every one of `targets` defined (reads only the targets)."""
-    from deeplense_tf.data import schema
-    from deeplense_tf.data.readers import split_shards
+    """Examples of `split` with every one of `targets` defined; DataError when the split's
+    shards hold another number of records than the manifest says (lives in data/)."""
+    from deeplense_tf.data import count_usable_examples as count
 
-    shards, count = split_shards(path, manifest, split)
-    spec = {schema.TARGET_PREFIX + t: tf.io.FixedLenFeature([], tf.float32) for t in targets}
-
-    def usable(records):
-        parsed = tf.io.parse_example(records, spec)
-        finite = [tf.math.is_finite(v) for v in parsed.values()]
-        return tf.reduce_sum(tf.cast(tf.reduce_all(tf.stack(finite), axis=0), tf.int64))
-
-    dataset = tf.data.TFRecordDataset([str(s) for s in shards]).batch(4096).map(usable)
-    return int(sum(int(n) for n in dataset))
+    return count(path, manifest, split, targets)
 
 
 # --- optimizer -------------------------------------------------------------------------------
