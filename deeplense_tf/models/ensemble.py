@@ -48,7 +48,9 @@ class GaussianMixtureCombine(LogVarianceOffsetLayer):
         for output, mean, std in zip(member_outputs, self.member_means, self.member_stds):
             output = ops.cast(output, "float32")
             means.append(output[:, 0:1] * std + mean)
-            if output.shape[-1] == 2:
+            # Gaussian [B, 2] and Student-t [B, 3] members: column 1 is the log-variance
+            # (a t member enters the mixture through its mean and variance).
+            if output.shape[-1] >= 2:
                 variances.append(ops.exp(output[:, 1:2]) * std**2)
             else:
                 variances.append(ops.zeros_like(output[:, 0:1]))
