@@ -10,6 +10,8 @@ Steps (each reused when already done):
 1. WORK/data: `--num` images of `--preset` (or `--data DIR`, an existing data set).
 2. WORK/search: the search (`--tuner`, `--max-trials`, each trial `--trial-epochs` epochs;
    `--space` or the family's built-in space) over the base config (`--config`, `--model`).
+   Each trial is a `deeplense train` run (WORK/search/search/trial_<id>/), scored on the
+   model that run saved (BatchNorm re-estimated, stds calibrated).
 3. WORK/default and WORK/tuned: the base config and the best trial's config, both trained
    for `--epochs` (and `--time-budget-minutes`, if given) with the same seed, steps and
    validation, scored on the test split. The search's own cost is reported beside them.
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from deeplense_tf.data import load_examples
-    from deeplense_tf.training.config import diff_configs
+    from deeplense_tf.training.config import diff_configs, get_dotted
     from deeplense_tf.training.tuning import tune
 
     work = Path(args.work)
@@ -98,19 +100,12 @@ def main(argv=None) -> int:
         [[name, s["mae"], s["nll"], s["coverage_68"], s["coverage_95"], sec] for name, s, sec in rows],
     ))
     print("\nTuned settings that differ from the default: " + (", ".join(
-        f"{k} = {_get(tuned, k)!r} (default {_get(default, k)!r})" for k in changed) or "none") + ".")
+        f"{k} = {get_dotted(tuned, k)!r} (default {get_dotted(default, k)!r})" for k in changed) or "none") + ".")
     return 0
 
 
 _BUDGET_KEYS = ("epochs", "time_budget_minutes", "steps_per_epoch", "validation_steps",
                 "bn_recalibration_batches")
-
-
-def _get(config: dict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -42,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.files import read_yaml, write_text_atomic  # noqa: F401  (re-exported for config readers)
 
 AUGMENT_MODES = ("none", "exact", "d4")
 HEADS = ("gaussian", "student_t", "point")  # = deeplense_tf.models.heads.HEADS
@@ -237,23 +236,6 @@ def _resolve_path(path) -> Path:
     raise ConfigError(
         f"config {path}: no such file (packaged presets: {', '.join(packaged_config_names())})"
     )
-
-
-def read_yaml(path) -> dict:
-    """Read one YAML mapping; ConfigError naming the file when it is not one."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"config {path}: cannot read it ({err.strerror})") from err
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path}: not valid YAML ({err})") from err
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config {path}: must be a mapping of keys, got {type(loaded).__name__}")
-    return loaded
 
 
 # --- dotted keys: the package's one copy ---------------------------------------------------
@@ -471,23 +453,6 @@ def save_config(config: dict, path) -> Path:
     path = Path(path)
     write_text_atomic(path, config_to_yaml(config))
     return path
-
-
-def write_text_atomic(path, text: str):
-    """Write `text` to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 get = get_dotted  # the name notebooks and scripts written before get_dotted use

@@ -78,12 +78,13 @@ def trial_metrics(run_dir) -> dict:
     negative log-likelihood in nats in target units, as `deeplense evaluate` reports it),
     plus `epochs` (run) and `best_epoch`.
     """
-    from deeplense_tf.training.config import read_yaml
+    from deeplense_tf.files import read_yaml
+    from deeplense_tf.runs import layout
 
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    stats = json.loads((run_dir / "target_stats.json").read_text())
-    config = read_yaml(run_dir / "config.yaml")
+    metrics = json.loads((run_dir / layout.METRICS_FILE).read_text())
+    stats = json.loads((run_dir / layout.TARGET_STATS_FILE).read_text())
+    config = read_yaml(run_dir / layout.CONFIG_FILE)
     targets, head = list(config["data"]["targets"]), config["model"]["head"]
     validation = metrics["validation"]
     out = {"val_loss": float(validation["loss"])}
@@ -145,8 +146,7 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         self.objective = resolve_objective(objective or self.space.objective, self.targets, self.heads)
 
     def _read_data(self):
-        from deeplense_tf.data import check_target_names, read_manifest
-        from deeplense_tf.training.trainer import count_usable_examples
+        from deeplense_tf.data import check_target_names, count_usable_examples, read_manifest
 
         path = self.base_config["data"]["path"]
         if not path:
@@ -237,15 +237,17 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
 
 def _finished_run(out: Path, config: dict) -> bool:
     """Whether `out` holds a finished run of exactly `config`."""
-    from deeplense_tf.training.config import diff_configs, read_yaml
+    from deeplense_tf.files import read_yaml
+    from deeplense_tf.runs import layout
+    from deeplense_tf.training.config import diff_configs
 
     try:
-        info = json.loads((out / "run.json").read_text())
+        info = json.loads((out / layout.RUN_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if not info.get("complete") or not (out / "config.yaml").is_file():
+    if not info.get("complete") or not (out / layout.CONFIG_FILE).is_file():
         return False
-    return not diff_configs(read_yaml(out / "config.yaml"), config)
+    return not diff_configs(read_yaml(out / layout.CONFIG_FILE), config)
 
 
 def _tuner_values(hp) -> dict:

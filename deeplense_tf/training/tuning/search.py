@@ -31,14 +31,13 @@ import keras_tuner
 import numpy as np
 
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.files import read_yaml, write_text_atomic
 from deeplense_tf.training.config import (
     apply_smoke,
     config_to_yaml,
     deep_update,
     expand_dotted,
     load_config,
-    read_yaml,
-    write_text_atomic,
 )
 from deeplense_tf.training.tuning.hypermodel import (
     DeepLenseHyperModel,
@@ -92,7 +91,7 @@ class DeepLenseTuner(keras_tuner.Tuner):
 
     def load_model(self, trial):
         """The trained model of a finished trial (its run folder's `model.keras`)."""
-        from deeplense_tf.training.run import Run
+        from deeplense_tf.runs import Run
 
         return Run.load(self.get_trial_dir(trial.trial_id)).model
 
