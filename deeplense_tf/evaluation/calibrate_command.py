@@ -1,4 +1,4 @@
-"""`deeplense calibrate --run RUN [--data PATH] [--split val]`.
+"""`deeplense calibrate --run RUN [--data PATH] [--split val] [--tta]`.
 
 Rescales a finished run's predicted standard deviations so that its intervals hold
 their nominal share of the validation split (`deeplense_tf.training.calibrate`),
@@ -20,10 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split of a simulated data directory (default: val; never calibrate on test)")
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N examples")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
+    parser.add_argument("--tta", action="store_true",
+                        help="fit for TTA deployment: on the mixture of the 8 D4 views (use the run with --tta then)")
 
 
 def run(args) -> int:
     from deeplense_tf.training.calibrate import calibrate_run
 
-    calibrate_run(args.run, args.data, split=args.split, limit=args.limit, batch_size=args.batch_size)
+    calibrate_run(args.run, args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                  tta=args.tta)
     return 0

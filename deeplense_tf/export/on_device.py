@@ -76,6 +76,11 @@ def head_parameters(model, spec: ExportSpec) -> dict:
         except ValueError:
             return None
 
+    if spec.head not in ("gaussian", "point"):
+        raise ExportError(
+            f"on-device training: model {spec.model_name!r} has a {spec.head} head; the on-device "
+            "update is written for the Gaussian and point heads (export without --on-device)"
+        )
     heads = {}
     for target in spec.targets:
         output = layer(target)

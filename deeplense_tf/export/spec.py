@@ -1,11 +1,13 @@
 """What every exported artefact agrees on: input shape, output names and units.
 
 A trained model outputs, per target, `[B, 2]` (mean, log-variance) for the Gaussian
-head or `[B, 1]` for the point head, in *standardised* units. Every export (SavedModel
-signatures, TFLite files, the on-device training model) returns physical units instead:
+head, `[B, 3]` (mean, log-variance, df) for the Student-t head or `[B, 1]` for the point
+head, in *standardised* units. Every export (SavedModel signatures, TFLite files, the
+on-device training model) returns physical units instead:
 
     <target>      = output[:, 0] * std + mean                  (physical units, [B])
-    <target>_std  = exp(0.5 * output[:, 1]) * std               (Gaussian head only, [B])
+    <target>_std  = exp(0.5 * output[:, 1]) * std               (Gaussian and Student-t, [B])
+    <target>_df   = output[:, 2]                                (Student-t only, [B], unitless)
 
 with `mean`/`std` from the run's `target_stats.json`. `physical_outputs` is that map in
 TensorFlow (inside exported graphs) and `physical_outputs_np` the same in NumPy (float64)
@@ -24,6 +26,7 @@ from deeplense_tf.errors import ExportError
 INPUT_NAME = "image"
 EMBEDDING_LAYER = "embedding"
 STD_SUFFIX = "_std"
+DF_SUFFIX = "_df"
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class ExportSpec:
     Attributes:
         model_name: architecture name (`run.json`'s "model"), for messages and reports.
         targets: target names, in the model's output order.
-        head: "gaussian" or "point".
+        head: "gaussian", "student_t" or "point".
         input_shape: raw image shape `(H, W, C)` in pixels.
         target_stats: `{target: {"mean", "std"}}` in physical units (the standardisation
             used in training).
@@ -46,7 +49,7 @@ class ExportSpec:
     target_stats: Mapping[str, Mapping[str, float]]
 
     def __post_init__(self):
-        if self.head not in ("gaussian", "point"):
+        if self.head not in ("gaussian", "student_t", "point"):
             raise ExportError(f"model {self.model_name!r}: unknown head {self.head!r}")
         if len(self.input_shape) != 3:
             raise ExportError(
@@ -81,12 +84,15 @@ class ExportSpec:
 
     @property
     def output_names(self) -> list[str]:
-        """Names of the physical outputs: `<target>` and, for the Gaussian head, `<target>_std`."""
+        """Names of the physical outputs: `<target>`, for a probabilistic head `<target>_std`,
+        for the Student-t head `<target>_df`."""
         names = []
         for target in self.targets:
             names.append(target)
-            if self.head == "gaussian":
+            if self.head != "point":
                 names.append(target + STD_SUFFIX)
+            if self.head == "student_t":
+                names.append(target + DF_SUFFIX)
         return names
 
     def image_spec(self, batch: int | None = None):
@@ -114,8 +120,10 @@ def physical_outputs(raw: Mapping, spec: ExportSpec) -> dict:
         mean, std = spec._stats(target)
         values = tf.cast(raw[target], tf.float32)
         result[target] = values[:, 0] * std + mean
-        if spec.head == "gaussian":
+        if spec.head != "point":
             result[target + STD_SUFFIX] = tf.exp(0.5 * values[:, 1]) * std
+        if spec.head == "student_t":
+            result[target + DF_SUFFIX] = values[:, 2]
     return result
 
 
@@ -126,8 +134,10 @@ def physical_outputs_np(raw: Mapping, spec: ExportSpec) -> dict[str, np.ndarray]
         mean, std = spec._stats(target)
         values = np.asarray(raw[target], np.float64)
         result[target] = values[:, 0] * std + mean
-        if spec.head == "gaussian":
+        if spec.head != "point":
             result[target + STD_SUFFIX] = np.exp(0.5 * values[:, 1]) * std
+        if spec.head == "student_t":
+            result[target + DF_SUFFIX] = values[:, 2]
     return result
 
 

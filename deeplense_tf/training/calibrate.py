@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from deeplense_tf.errors import RunError
 from deeplense_tf.files import write_json_atomic
-from deeplense_tf.models.calibration import apply_variance_scale, fit_variance_scale
+from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
+from deeplense_tf.predictive import Predictive
 from deeplense_tf.runs.layout import save_model_atomic
 from deeplense_tf.runs.run import Run
 
 
 def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None = None,
-                  batch_size: int = 256, verbose: bool = True) -> dict:
+                  batch_size: int = 256, tta: bool = False, verbose: bool = True) -> dict:
     """Calibrate a finished run's stds on `split` and rewrite its `model.keras`.
 
     Args:
@@ -27,24 +28,27 @@ def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None 
             run's training data.
         split: split of a simulated data directory (never calibrate on test).
         limit: use only the first `limit` examples.
+        tta: fit the scale for TTA deployment: on the eight-view mixture that
+            `evaluate --tta` / `predict --tta` use (one scale lives in the model, so
+            calibrate for the way the model will be used).
 
-    Returns `{target: fit_variance_scale(...) result}`; the same goes into the run's
-    `metrics.json` under `variance_calibration` (with `data` and `split`). Raises
-    `RunError` for a point head.
+    Returns `{target: fit_predictive_scale(...) result}` (fitted on the head's own
+    distribution, Gaussian or Student-t); the same goes into the run's `metrics.json`
+    under `variance_calibration` (with `data`, `split` and `tta`). Raises `RunError` for
+    a point head.
     """
     from deeplense_tf.data import load_examples
 
     run = Run.load(run_path)
-    if run.head != "gaussian":
-        raise RunError(f"{run_path}: the run has a {run.head} head; only a Gaussian head has stds to calibrate")
+    if run.head == "point":
+        raise RunError(f"{run_path}: the run has a point head; it has no stds to calibrate")
     data = run.data_path(data)
     examples = load_examples(data, split=split, limit=limit)
     run.check_examples(examples)
-    predictions = run.predict(examples.images, batch_size=batch_size)
+    predictions = run.predict(examples.images, batch_size=batch_size, tta=tta)
     results = {}
     for target in run.targets:
-        fit = fit_variance_scale(examples.targets[target], predictions[target]["mean"],
-                                 predictions[target]["std"])
+        fit = fit_predictive_scale(examples.targets[target], Predictive.from_prediction(predictions[target]))
         apply_variance_scale(run.model, target, fit["scale"])
         results[target] = fit
         if verbose:
@@ -56,7 +60,7 @@ def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None 
     paths = run.paths
     save_model_atomic(run.model, paths.model)
     metrics = run.metrics
-    metrics["variance_calibration"] = {"data": data, "split": split, "targets": results}
+    metrics["variance_calibration"] = {"data": data, "split": split, "tta": bool(tta), "targets": results}
     write_json_atomic(paths.metrics, metrics)
     if verbose:
         print(f"wrote {paths.model}, {paths.metrics}")
