@@ -643,6 +643,15 @@ def test_size_bound_is_a_parameter(tmp_path):
         load_npy(tmp_path / "pair.npy", max_pixels=64 * 64 - 1)
 
 
+def test_object_arrays_can_be_refused(tmp_path):
+    np.save(tmp_path / "img.npy", np.ones((4, 4), np.float32))
+    assert load_npy(tmp_path / "img.npy", allow_object=False).shape == (4, 4)
+    (tmp_path / "pair.npy").write_bytes(npy(op_object_array()))
+    assert load_npy(tmp_path / "pair.npy").shape == (2,)
+    with pytest.raises(DataError, match=r"pair\.npy: holds a pickled object array"):
+        load_npy(tmp_path / "pair.npy", allow_object=False)
+
+
 def test_every_prefix_of_a_real_file_is_a_data_error(tmp_path):
     """Truncated at any byte, a genuine file is refused with a DataError (never read short)."""
     entry = np.empty(2, object)

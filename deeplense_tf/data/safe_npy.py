@@ -426,9 +426,10 @@ def _read_header(handle, path: str) -> tuple[str, bool, tuple]:
     return descr, fortran, shape
 
 
-def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS, allow_object: bool = True) -> np.ndarray:
     """Load one `.npy` file: a numeric array, or a small object array of numeric arrays and
     numbers (the DeepLense `[image, m]`), with at most `max_pixels` values per array.
+    `allow_object=False` refuses object arrays (for inputs that must be a plain image).
 
     Nothing in the file is unpickled or called. Raises DataError naming the file for
     anything else: another dtype, a larger array, a truncated file, a pickle that is not
@@ -440,6 +441,10 @@ def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
             size = os.fstat(handle.fileno()).st_size
             descr, fortran, shape = _read_header(handle, path)
             offset = handle.tell()
+            if descr == "|O" and not allow_object:
+                raise DataError(
+                    f"{path}: holds a pickled object array; a plain numeric array is expected"
+                )
             if descr == "|O":
                 # A pickle of <= 2 arrays; protocol 2 spells each byte as up to 2 of UTF-8.
                 limit = MAX_OBJECT_ITEMS * 2 * 8 * max_pixels + 65536
