@@ -1,0 +1,171 @@
+"""Population inference on lenses that all share one axion mass: coverage, width vs N, edge bias.
+
+    python benchmarks/bench_population.py --run RUN --work /work/p-pop \
+        --masses -24.0 -23.5 -23.0 -22.5 -22.0 --sets 100 --lenses 50 --seed 11
+
+For each mass m in `--masses`, simulates `--sets * --lenses` axion images of the run's
+preset with log10 m fixed at m (the preset's prior range collapsed to (m, m) through the
+Python API; every other parameter drawn as in training) into WORK/pool_<m>.npz (reused
+when there), predicts them once with the run, and splits them into `--sets` disjoint sets
+of `--lenses`. Each set is combined with `deeplense_tf.evaluation.population` (uniform
+training prior of the preset divided out). Reported per mass:
+
+- how often the 68% / 95% intervals of the combined posterior hold m (nominal 0.68 /
+  0.95; the binomial standard error over 100 sets is 0.047 / 0.022);
+- the bias (mean of posterior mean - m) and the mean posterior std at N = `--lenses`;
+- width vs N: the mean posterior std and the root-mean-square error of the posterior mean
+  for N = 1, 2, 4, ..., and, from the whole pool in larger disjoint chunks, up to
+  `--max-n` lenses, where the model's systematic error (the bias at that mass) sets
+  the floor: the std keeps shrinking as 1/sqrt(N), the error stops at |bias|.
+
+Prints Markdown tables (for BENCHMARKS.md) and writes WORK/population_benchmark.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def simulate_pool(preset, mass: float, count: int, seed: int, path: Path, workers: int) -> dict:
+    """`count` images with log10 m fixed at `mass` -> {"images" [N,H,W,1], "truth" [N]}; cached."""
+    if path.is_file():
+        data = np.load(path)
+        if len(data["truth"]) >= count:
+            return {"images": data["images"][:count], "truth": data["truth"][:count]}
+    from deeplense_tf.simulation.simulator import simulate_range
+
+    fixed = dataclasses.replace(preset, log10_m_axion_range_ev=(mass, mass), classes=("axion",))
+    start = time.perf_counter()
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = np.array_split(np.arange(count), workers * 4)
+        with ProcessPoolExecutor(workers) as pool:
+            parts = pool.map(simulate_range, [fixed] * len(chunks), [seed] * len(chunks),
+                             [int(c[0]) for c in chunks], [int(c[-1]) + 1 for c in chunks])
+            examples = [e for part in parts for e in part]
+    else:
+        examples = simulate_range(fixed, seed, 0, count)
+    images = np.stack([e["image"] for e in examples]).astype(np.float32)
+    truth = np.array([e["targets"]["log10_m_axion_ev"] for e in examples], np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, truth=truth)
+    print(f"simulated {count} images at log10 m = {mass} in {time.perf_counter() - start:.0f} s -> {path}",
+          file=sys.stderr)
+    return {"images": images, "truth": truth}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="trained run folder (Gaussian or Student-t head)")
+    parser.add_argument("--work", default="/work/p-pop", help="folder for the simulated pools and the result")
+    parser.add_argument("--masses", type=float, nargs="+", default=[-24.0, -23.5, -23.0, -22.5, -22.0],
+                        help="shared log10 m values to test (default: across the range, edges included)")
+    parser.add_argument("--sets", type=int, default=100, help="repeated sets per mass (default 100)")
+    parser.add_argument("--lenses", type=int, default=50, help="lenses per set (default 50)")
+    parser.add_argument("--max-n", type=int, default=1000, help="largest N of the width-vs-N table")
+    parser.add_argument("--seed", type=int, default=11, help="simulation seed of the first mass (+1 per mass)")
+    parser.add_argument("--workers", type=int, default=1, help="simulation processes")
+    parser.add_argument("--grid", type=int, default=4001, help="grid points over the prior range")
+    parser.add_argument("--tta", action="store_true", help="per-lens posteriors from the 8-view mixture")
+    args = parser.parse_args(argv)
+
+    from deeplense_tf.evaluation.population import PopulationPosterior, training_prior_range
+    from deeplense_tf.predictive import Predictive
+    from deeplense_tf.runs.run import Run
+    from deeplense_tf.simulation.presets import AXION_TARGET, get_preset
+
+    run = Run.load(args.run)
+    preset = get_preset((run.manifest or {})["preset"])
+    prior_range, prior_source = training_prior_range(run, AXION_TARGET)
+    grid = np.linspace(*prior_range, args.grid)
+    work = Path(args.work)
+    per_set = args.sets * args.lenses
+    rows, widths, started = [], [], time.perf_counter()
+    for k, mass in enumerate(args.masses):
+        pool = simulate_pool(preset, mass, per_set, args.seed + k, work / f"pool_{mass:+.2f}.npz", args.workers)
+        prediction = run.predict(pool["images"], batch_size=256, tta=args.tta)[AXION_TARGET]
+        predictive = Predictive.from_prediction(prediction)
+        log_density = predictive.log_density_grid(grid)  # [pool, G], once; sets pick rows
+        zeros = np.zeros_like(grid)
+
+        def posterior(index, log_density=log_density, zeros=zeros):
+            return PopulationPosterior(grid, log_density[index], zeros, prior_range)
+
+        hits68 = hits95 = 0
+        errors, stds = [], []
+        narrowing = {}
+        for s in range(args.sets):
+            index = np.arange(s * args.lenses, (s + 1) * args.lenses)
+            post = posterior(index)
+            summary = post.summary()
+            lo68, hi68 = summary["interval_68"]
+            lo95, hi95 = summary["interval_95"]
+            hits68 += lo68 <= mass <= hi68
+            hits95 += lo95 <= mass <= hi95
+            errors.append(summary["mean"] - mass)
+            stds.append(summary["std"])
+            for row in post.narrowing():
+                narrowing.setdefault(row["n"], []).append((row["mean"] - mass, row["std"]))
+        # Larger N from the whole pool in disjoint chunks (fewer repeats as N grows).
+        for n in (100, 200, 500, 1000, 2000, 5000):
+            if not args.lenses < n <= min(args.max_n, per_set):
+                continue
+            for c in range(per_set // n):
+                summary = posterior(np.arange(c * n, (c + 1) * n)).summary()
+                narrowing.setdefault(n, []).append((summary["mean"] - mass, summary["std"]))
+        single_mae = float(np.mean(np.abs(predictive.moments()[0] - mass)))
+        rows.append({
+            "mass": mass, "sets": args.sets, "lenses": args.lenses,
+            "coverage_68": hits68 / args.sets, "coverage_95": hits95 / args.sets,
+            "bias": float(np.mean(errors)), "rmse": float(np.sqrt(np.mean(np.square(errors)))),
+            "mean_std": float(np.mean(stds)), "single_lens_mae": single_mae,
+            "single_lens_bias": float(np.mean(predictive.moments()[0] - mass)),
+        })
+        for n_lenses, values in sorted(narrowing.items()):
+            e = np.array([v[0] for v in values])
+            widths.append({"mass": mass, "n": int(n_lenses), "repeats": len(values),
+                           "mean_std": float(np.mean([v[1] for v in values])),
+                           "rmse": float(np.sqrt(np.mean(e**2))), "bias": float(np.mean(e))})
+        print(f"log10 m = {mass:+.2f}: 68% {rows[-1]['coverage_68']:.2f}, 95% {rows[-1]['coverage_95']:.2f}, "
+              f"bias {rows[-1]['bias']:+.4f}, std {rows[-1]['mean_std']:.4f}", file=sys.stderr)
+
+    print(f"\nrun {args.run} ({run.head} head{', TTA' if args.tta else ''}); prior {prior_source} "
+          f"{list(prior_range)}; {args.sets} disjoint sets of {args.lenses} lenses per mass; "
+          f"{time.perf_counter() - started:.0f} s\n")
+    print("| shared log10 m | sets × N | 68% cov. | 95% cov. | bias (dex) | RMSE of mean | mean post. std "
+          "| single-lens MAE | single-lens bias |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mass']:+.2f} | {r['sets']} × {r['lenses']} | {r['coverage_68']:.2f} | {r['coverage_95']:.2f} "
+              f"| {r['bias']:+.4f} | {r['rmse']:.4f} | {r['mean_std']:.4f} | {r['single_lens_mae']:.3f} "
+              f"| {r['single_lens_bias']:+.3f} |")
+    counts = sorted({w["n"] for w in widths})
+    print("\nMean posterior std (dex) / RMSE of the posterior mean (dex) vs lenses combined N:\n")
+    print("| shared log10 m | " + " | ".join(f"N={n}" for n in counts) + " |")
+    print("|---|" + "---|" * len(counts))
+    for mass in args.masses:
+        cells = {w["n"]: f"{w['mean_std']:.4f} / {w['rmse']:.4f}" for w in widths if w["mass"] == mass}
+        print(f"| {mass:+.2f} | " + " | ".join(cells.get(n, "") for n in counts) + " |")
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "population_benchmark.json"
+    out.write_text(json.dumps({"run": str(args.run), "head": run.head, "tta": args.tta,
+                               "prior_range": list(prior_range), "rows": rows, "widths": widths},
+                              indent=2) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 0 if all(math.isfinite(r["bias"]) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
