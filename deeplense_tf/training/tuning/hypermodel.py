@@ -21,7 +21,7 @@ from pathlib import Path
 import keras_tuner
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.training.config import apply_smoke, set_dotted, validate_config
+from deeplense_tf.training.config import ExperimentConfig, apply_smoke, set_dotted, validate_config
 from deeplense_tf.training.tuning.space import (
     AUTO_OBJECTIVE,
     SearchSpace,
@@ -139,22 +139,24 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         self.space = space if space is not None else default_search_space(family)
         config = copy.deepcopy(base_config)
         config["model"]["name"] = family
-        self.base_config = validate_config(config)
+        # Typed and validated once; `base_config` is its dict form, which trial configs copy.
+        self.experiment = ExperimentConfig.from_dict(config)
         self._read_data()
+        self.base_config = self.experiment.to_dict()
         # The heads trials can have: the objective's default and choices depend on it.
-        self.heads = self.space.values_of("head") or [self.base_config["model"]["head"]]
+        self.heads = self.space.values_of("head") or [self.experiment.model.head]
         self.objective = resolve_objective(objective or self.space.objective, self.targets, self.heads)
 
     def _read_data(self):
         from deeplense_tf.data import check_target_names, count_usable_examples, read_manifest
 
-        path = self.base_config["data"]["path"]
+        data = self.experiment.data
+        path = data.path
         if not path:
             raise ConfigError("data.path is not set (give --data DIR)")
         self.manifest = read_manifest(path)
-        self.targets = list(check_target_names(self.base_config["data"]["targets"],
-                                               self.manifest["targets"], path))
-        self.base_config["data"]["targets"] = list(self.targets)
+        self.targets = list(check_target_names(data.targets, self.manifest["targets"], path))
+        data.targets = list(self.targets)
         self.input_shape = tuple(self.manifest["image_shape"])
         self.train_examples = count_usable_examples(path, self.manifest, "train", self.targets)
         self.val_examples = count_usable_examples(path, self.manifest, "val", self.targets)

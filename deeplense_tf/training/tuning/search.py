@@ -419,7 +419,7 @@ def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_
     if role != "worker":
         write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=1, default=str) + "\n")
     search = make_tuner(tuner, hypermodel, out, max_trials=max_trials, max_epochs=max_epochs,
-                        seed=base["seed"], overwrite=overwrite and role != "worker")
+                        seed=hypermodel.experiment.seed, overwrite=overwrite and role != "worker")
     finished_before = _finished(search) if role != "worker" else 0
 
     if role == "chief":
