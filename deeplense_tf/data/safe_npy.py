@@ -64,6 +64,7 @@ _STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
 _BYTES = {"SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"}
 _NUMBERS = {"BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT"}
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_LITERALS = frozenset(_STRINGS | _BYTES | _NUMBERS)  # push their argument
 
 
 class _Global:
@@ -116,7 +117,18 @@ def _walk(payload: bytes):
         name = opcode.name
         if count == 0 and name != "PROTO":
             raise _Refused("no PROTO opcode (pickle protocol 0 or 1); numpy writes 2 to 5")
-        if name == "PROTO":
+        if name in _LITERALS:
+            stack.append(arg)
+        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT"):
+            index = len(memo) if name == "MEMOIZE" else arg
+            if not stack or index >= _MAX_MEMO:
+                raise _Refused("memo index out of range")
+            memo[index] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise _Refused(f"memo entry {arg} is read before it is written")
+            stack.append(memo[arg])
+        elif name == "PROTO":
             if not 2 <= arg <= 5:
                 raise _Refused(f"pickle protocol {arg}; numpy writes protocols 2 to 5")
         elif name == "FRAME":
@@ -127,8 +139,6 @@ def _walk(payload: bytes):
             if stream.tell() != len(payload):
                 raise _Refused(f"{len(payload) - stream.tell()} bytes after the end of the pickle")
             return stack[0]
-        elif name in _STRINGS or name in _BYTES or name in _NUMBERS:
-            stack.append(arg)
         elif name in _CONSTANTS:
             stack.append(_CONSTANTS[name])
         elif name == "GLOBAL":
@@ -166,15 +176,6 @@ def _walk(payload: bytes):
             if not isinstance(target, _Call) or target.has_state:
                 raise _Refused("BUILD on something that is not a freshly made numpy object")
             target.state, target.has_state = state, True
-        elif name in ("MEMOIZE", "BINPUT", "LONG_BINPUT"):
-            index = len(memo) if name == "MEMOIZE" else arg
-            if not stack or index >= _MAX_MEMO:
-                raise _Refused("memo index out of range")
-            memo[index] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET"):
-            if arg not in memo:
-                raise _Refused(f"memo entry {arg} is read before it is written")
-            stack.append(memo[arg])
         else:
             raise _Refused(f"pickle opcode {name}, which numpy's array pickles do not use")
         if len(stack) > _MAX_STACK or len(marks) > _MAX_STACK:
