@@ -146,8 +146,8 @@ def test_cluster_command_data_that_does_not_fit(tiny, capsys):
 @pytest.mark.slow
 def test_cluster_a_run_made_by_train(tmp_path, capsys):
     """The real `train` in smoke mode, then `deeplense cluster` with every default."""
+    from deeplense_tf.training import train
     from deeplense_tf.training.config import load_config
-    from deeplense_tf.training.trainer import train
 
     data = write_dataset(tmp_path / "data", counts={"train": 24, "val": 6, "test": N_TEST})
     config = load_config("smoke", overrides={"data": {"path": str(data), "targets": [TARGET]}})

@@ -98,9 +98,9 @@ import tensorflow as tf
 # Two logical CPU devices stand in for two GPUs (must be set before TensorFlow starts).
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from deeplense_tf.training import load_config, train, trainer
+from deeplense_tf.training import load_config, strategy, train
 
-trainer._STRATEGY_CACHE["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+strategy._STRATEGY_CACHE["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 data, out = sys.argv[1:3]
 config = load_config(overrides={
     "data.path": data, "data.targets": ["theta_e_arcsec"],

@@ -1,5 +1,6 @@
-"""Training: experiment configs, the training loop (every tf.distribute strategy, resume,
-fine-tuning) and the run folder it leaves (docs/architecture.md).
+"""Training: experiment configs, the one training loop (every tf.distribute strategy, time
+budget, resume, fine-tuning), the end-of-run steps, ensembles and the tuner; it writes
+the run folder that `deeplense_tf.runs` defines (docs/architecture.md).
 
     from deeplense_tf.training import load_config, train, Run
     config = load_config("quickstart", {"data.path": "data/model2"})
@@ -21,14 +22,15 @@ _EXPORTS = {
     "validate_config": "config",
     "apply_smoke": "config",
     "packaged_config_names": "config",
-    "make_datasets": "trainer",
-    "compile_model": "trainer",
-    "make_optimizer": "trainer",
-    "make_schedule": "trainer",
-    "make_strategy": "trainer",
-    "train": "trainer",
-    "TrainingDiverged": "trainer",
-    "Run": "run",
+    "make_datasets": "datasets",
+    "compile_model": "model_setup",
+    "make_optimizer": "model_setup",
+    "make_schedule": "model_setup",
+    "make_strategy": "strategy",
+    "train": "session",
+    "TrainingDiverged": "loop",
+    "calibrate_run": "calibrate",
+    "Run": "run",  # deeplense_tf.runs.Run, for code that imported it from here
     "WarmupCosineDecay": "schedules",
     "PhasedSchedule": "schedules",
 }

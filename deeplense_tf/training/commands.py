@@ -101,7 +101,7 @@ def run(args) -> int:
     if not config["data"]["path"]:
         raise ConfigError("no data set: give --data DIR (or data.path in the --config file)")
 
-    from deeplense_tf.training.trainer import train
+    from deeplense_tf.training.session import train
 
     result = train(config, args.out, overwrite=args.overwrite)
     if result.path is not None:

@@ -1,0 +1,54 @@
+"""The training and validation pipelines of an experiment config."""
+
+from __future__ import annotations
+
+from deeplense_tf.data import count_usable_examples  # noqa: F401  (the trainer's name for it)
+from deeplense_tf.errors import ConfigError, DataError
+
+
+def resolve_targets(config: dict, manifest: dict) -> list[str]:
+    """The config's `data.targets` checked against the data set (None: all of its targets)."""
+    from deeplense_tf.data import check_target_names
+
+    data_path = config["data"]["path"]
+    return list(check_target_names(config["data"]["targets"], manifest["targets"], data_path))
+
+
+def make_datasets(config: dict):
+    """The training and validation pipelines of a config.
+
+    Returns:
+        `(train_ds, val_ds, target_stats, manifest)`: `train_ds` is one shuffled,
+        augmented pass over the train split in batches of `training.batch_size` (the
+        global batch) with the remainder dropped; `val_ds` one pass over the val split.
+        Both yield `(raw images [B, H, W, C], {target: [B, 1] standardised})`.
+        `target_stats` is `{target: {"mean", "std"}}` (train split, physical units).
+    """
+    from deeplense_tf.data import build_dataset, read_manifest, resolve_target_stats
+
+    path = config["data"]["path"]
+    if not path:
+        raise ConfigError("data.path is not set (give --data DIR or data.path in the config)")
+    manifest = read_manifest(path)
+    targets = resolve_targets(config, manifest)
+    if not manifest["splits"].get("val", {}).get("count"):
+        raise DataError(f"{path}: has no val split (needed for early stopping and the best model)")
+    target_stats = resolve_target_stats(path, targets)
+    batch_size = config["training"]["batch_size"]
+    common = dict(targets=targets, target_stats=target_stats, normalization="none")
+    train_ds = build_dataset(
+        path,
+        "train",
+        batch_size=batch_size,
+        augment=config["data"]["augment"],
+        shuffle=True,
+        seed=config["seed"],
+        cache=config["data"]["cache"],
+        drop_remainder=True,
+        **common,
+    )
+    val_ds = build_dataset(
+        path, "val", batch_size=batch_size, cache=config["data"]["cache"], **common
+    )
+    stats = {t: {"mean": float(s["mean"]), "std": float(s["std"])} for t, s in target_stats.items()}
+    return train_ds, val_ds, stats, manifest
