@@ -153,7 +153,8 @@ def test_default_and_chosen_objectives():
     assert tuning.resolve_objective("auto", targets, ["gaussian", "point"]) == "val_a_mae"
     assert tuning.resolve_objective(None, targets, ["point"]) == "val_a_mae"
     assert tuning.resolve_objective("val_b_mae_physical", targets, ["point"]) == "val_b_mae_physical"
-    with pytest.raises(ConfigError, match="NLL needs the Gaussian head"):
+    assert tuning.resolve_objective(None, targets, ["gaussian", "student_t"]) == "val_a_nll"
+    with pytest.raises(ConfigError, match="NLL needs the Gaussian or Student-t head"):
         tuning.resolve_objective("val_a_nll", targets, ["gaussian", "point"])
     with pytest.raises(ConfigError, match=r"unknown objective 'val_c_mae'.*choose from val_loss"):
         tuning.resolve_objective("val_c_mae", targets, ["gaussian"])

@@ -31,6 +31,9 @@ from deeplense_tf.training.tuning.space import (
 
 TRAIN_LOG_FILE = "train.log"  # per trial folder: what `train` printed
 
+# Heads whose loss is a negative log-likelihood: their NLLs compare across trials.
+LIKELIHOOD_HEADS = ("gaussian", "student_t")
+
 
 # --- objectives --------------------------------------------------------------------------------
 
@@ -40,7 +43,7 @@ def objective_choices(targets, heads) -> list[str]:
     names = ["val_loss", "val_mae"]
     for t in targets:
         names += [f"val_{t}_mae", f"val_{t}_mae_physical"]
-        if set(heads) == {"gaussian"}:
+        if set(heads) <= set(LIKELIHOOD_HEADS):
             names.append(f"val_{t}_nll")
         if len(targets) > 1:
             names.append(f"val_{t}_loss")
@@ -48,11 +51,11 @@ def objective_choices(targets, heads) -> list[str]:
 
 
 def default_objective(targets, heads) -> str:
-    """Val NLL of the main (first) target when every trial has the Gaussian head, else its
-    val MAE (NLL is not defined for point predictions, and losses of the two heads are not
-    comparable)."""
+    """Val NLL of the main (first) target when every trial has a likelihood head (Gaussian,
+    Student-t), else its val MAE (NLL is not defined for point predictions, and the point
+    head's loss does not compare with an NLL)."""
     main = list(targets)[0]
-    return f"val_{main}_nll" if set(heads) == {"gaussian"} else f"val_{main}_mae"
+    return f"val_{main}_nll" if set(heads) <= set(LIKELIHOOD_HEADS) else f"val_{main}_mae"
 
 
 def resolve_objective(name: str | None, targets, heads) -> str:
@@ -62,7 +65,8 @@ def resolve_objective(name: str | None, targets, heads) -> str:
     choices = objective_choices(targets, heads)
     if name not in choices:
         nll = name.endswith("_nll") and name.removesuffix("_nll") in [f"val_{t}" for t in targets]
-        hint = (" (NLL needs the Gaussian head in every trial: fix head: gaussian in the space)"
+        hint = (" (NLL needs the Gaussian or Student-t head in every trial: fix head: gaussian "
+                "in the space)"
                 if nll else _suggest(name, choices))
         raise ConfigError(f"unknown objective {name!r}{hint}; choose from {', '.join(choices)}")
     return name
@@ -74,8 +78,8 @@ def trial_metrics(run_dir) -> dict:
     They describe the model the run saved (best epoch, BatchNorm re-estimate, calibrated
     stds), as `metrics.json` records them: `val_loss`, `val_mae` (mean standardised MAE)
     and per target `val_<t>_mae` (standardised), `val_<t>_mae_physical` (target units),
-    `val_<t>_loss` (with several targets) and, for the Gaussian head, `val_<t>_nll` (mean
-    negative log-likelihood in nats in target units, as `deeplense evaluate` reports it),
+    `val_<t>_loss` (with several targets) and, for the Gaussian and Student-t heads,
+    `val_<t>_nll` (mean negative log-likelihood in nats in target units),
     plus `epochs` (run) and `best_epoch`.
     """
     from deeplense_tf.files import read_yaml
@@ -99,8 +103,8 @@ def trial_metrics(run_dir) -> dict:
             continue
         if len(targets) > 1:
             out[f"val_{t}_loss"] = float(loss)
-        if head == "gaussian":
-            # GaussianNLL works in standardised units; + log(std) gives target units.
+        if head in LIKELIHOOD_HEADS:
+            # The NLL losses work in standardised units; + log(std) gives target units.
             out[f"val_{t}_nll"] = float(loss) + math.log(stats[t]["std"])
     out["val_mae"] = float(sum(maes) / len(maes))
     out["epochs"] = float(metrics["epochs"])
