@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from deeplense_tf.files import atomic_path, write_json_atomic
-from deeplense_tf.models.calibration import apply_variance_scale, fit_variance_scale
+from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
+from deeplense_tf.predictive import Predictive
 from deeplense_tf.runs import layout
 from deeplense_tf.runs.run import Run
 from deeplense_tf.training import resume
@@ -76,13 +77,14 @@ def recalibrate_batchnorm(loop: TrainingLoop) -> dict | None:
 
 
 def calibrate_variance(loop: TrainingLoop) -> dict | None:
-    """Scale the Gaussian head's stds so the validation split's coverage is nominal.
+    """Scale the head's stds so the validation split's coverage is nominal (Gaussian or
+    Student-t: fitted on the head's own distribution).
 
     One scale per target (`deeplense_tf.models.calibration`), agreed across workers and
     stored in the model; returns the fits, or None when off.
     """
     config = loop.config
-    if config["model"]["head"] != "gaussian" or not config["training"]["calibrate_variance"]:
+    if config["model"]["head"] == "point" or not config["training"]["calibrate_variance"]:
         return None
     model = loop.model
 
@@ -100,7 +102,9 @@ def calibrate_variance(loop: TrainingLoop) -> dict | None:
     results = {}
     for t in loop.targets:
         raw = np.concatenate(outputs[t])
-        fit = fit_variance_scale(np.concatenate(truths[t]), raw[:, 0], np.exp(0.5 * raw[:, 1]))
+        # Standardised units (coverage is unit-free); column 2 is the Student-t head's df.
+        predictive = Predictive(raw[:, 0], np.exp(0.5 * raw[:, 1]), raw[:, 2] if raw.shape[1] > 2 else None)
+        fit = fit_predictive_scale(np.concatenate(truths[t]), predictive)
         fit["scale"] = loop.replicas.agree({"scale": fit["scale"]})["scale"]
         apply_variance_scale(model, t, fit["scale"])
         results[t] = fit
