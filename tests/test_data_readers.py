@@ -1,4 +1,4 @@
-"""Readers for every source kind, the restricted unpickler, and each bad-input error."""
+"""Readers for every source kind, every published .npy layout, and each bad-input error."""
 
 from __future__ import annotations
 

@@ -127,8 +127,8 @@ def npy(body, shape=(2,), protocol=3):
 
 _ARRAY_OVER_POINTERS = op_array(
     shape=(2,),
-    # A float64 dtype whose BUILD state sets the object flags: numpy would then read the
-    # raw bytes below as PyObject pointers (exit 139 with the restricted unpickler).
+    # A float64 dtype whose BUILD state sets the object flags and an item size: with the
+    # restricted unpickler numpy raised SystemError here (the crashing variant is below).
     dtype=op_dtype(
         state=op_tuple(
             op_int(3),

@@ -4,7 +4,7 @@ Sources (see docs/data-formats.md):
 
 - a simulated data directory (`manifest.json` + TFRecord shards), read with tf.data;
 - a DeepLense-style folder of `.npy` files, each a pickled object array `[image, m]` with
-  `m` the axion mass in eV (loaded through a restricted unpickler, never `allow_pickle`);
+  `m` the axion mass in eV (parsed by `safe_npy` without unpickling; see docs/security.md);
 - an `.npz` file or an HDF5 (`.h5`, `.hdf5`) file with `images` and one array per target.
 
 Every problem with the input is a `DataError` whose message names the file and what is
