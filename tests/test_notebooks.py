@@ -37,7 +37,7 @@ CELL_TIMEOUT_S = 600
 COMMON = {"PRESET": "deeplense-model-2", "NUM_IMAGES": 60, "WORKERS": 1, "SEED": 0}
 SMALL = {
     "01_simulate_and_explore.ipynb": {"EXAMPLES_PER_CLASS": 2, "MASSES": 3},
-    "02_train_regressor.ipynb": {"CONFIG": "smoke", "FIT_EPOCHS": 2},
+    "02_train_regressor.ipynb": {"CONFIG": "smoke", "FIT_EPOCHS": 2, "SHARED_LENSES": 6},
     "03_tune_with_kerastuner.ipynb": {"MAX_TRIALS": 2, "EPOCHS": 2, "SMOKE": True},
     "04_cluster_features.ipynb": {
         "CONFIG": "smoke", "CLUSTER_SPLIT": "train", "LIMIT": None, "REDUCE": "pca",
@@ -54,6 +54,7 @@ PRODUCES = {
     "02_train_regressor.ipynb": [
         "keras_fit/best.keras", "keras_fit/history.csv", "keras_fit/evaluation/metrics.json",
         "runs/*/run.json", "runs/*/model.keras", "runs/*/evaluation/metrics.json",
+        "runs/*/population/population.png",
     ],
     "03_tune_with_kerastuner.ipynb": ["tuning/search/trial_*/trial.json", "tuning/best_config.yaml"],
     "04_cluster_features.ipynb": ["clusters/*/scores.csv", "clusters/*/report.md",
