@@ -214,7 +214,7 @@ def plot_coverage(target: str, result: dict, path: str | Path, *, title: str | N
     left.set_ylabel("observed − nominal coverage")
     left.set_title(f"Expected coverage  (68%: {_num(curve.get('coverage_68'))}, "
                    f"95%: {_num(curve.get('coverage_95'))})")
-    left.legend(loc="best", fontsize=8)
+    left.legend(loc="lower left", fontsize=8)
 
     rows = [r for r in result["binned"] if r.get("count")]
     centres = np.array([0.5 * (r["lo"] + r["hi"]) for r in rows])
