@@ -349,6 +349,23 @@ def test_hyperband_sets_the_epochs_and_continues_trials_from_their_runs(tmp_path
     assert "epochs" not in best["model"]["options"]
 
 
+def test_several_targets_score_the_first_targets_nll(tmp_path, data_dir):
+    """With two targets the default objective is the first one's NLL, from its own loss."""
+    targets = [TARGET, "source_x_arcsec"]
+    result, _ = quiet(tuning.tune, data_dir, tmp_path / "two", space=TINY, max_trials=1,
+                      overrides={"data.targets": targets}, progress=False)
+    assert result.objective == f"val_{TARGET}_nll"
+    row = result.table.iloc[0]
+    trial = json.loads((tmp_path / "two" / "search" / f"trial_{row['trial_id']}" / "metrics.json").read_text())
+    stats = json.loads((tmp_path / "two" / "search" / f"trial_{row['trial_id']}" / "target_stats.json").read_text())
+    losses = [trial["validation"]["targets"][t]["loss"] for t in targets]
+    assert sum(losses) == pytest.approx(trial["validation"]["loss"], rel=1e-5)  # each its own share
+    for t, loss in zip(targets, losses):
+        assert row[f"val_{t}_loss"] == pytest.approx(loss)
+    assert row["score"] == pytest.approx(trial["validation"]["targets"][TARGET]["loss"]
+                                         + math.log(stats[TARGET]["std"]))
+
+
 def test_failing_trials_end_the_search_with_the_cause(tmp_path, data_dir, monkeypatch):
     from deeplense_tf.errors import DataError
 

@@ -143,6 +143,8 @@ def summary(loop: TrainingLoop, final_val: dict, recalibration, model, train_exa
                 t: {
                     "mae": final_val[f"val_{t}_mae_physical"],
                     "mae_standardised": final_val[f"val_{t}_mae"],
+                    # the target's own loss (standardised units): the tuner's per-target NLL
+                    "loss": final_val.get(f"val_{t}_loss", final_val["val_loss"]),
                 }
                 for t in loop.targets
             },

@@ -208,7 +208,7 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         """The trial's Keras model, untrained, as `deeplense train` builds it."""
-        from deeplense_tf.training.trainer import build_model_from_config
+        from deeplense_tf.training.model_setup import build_model_from_config
 
         config = self.trial_config({**self.declare_hyperparameters(hp), **_tuner_values(hp)})
         return build_model_from_config(config, self.input_shape, self.targets)
@@ -227,7 +227,7 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         finished run of this trial (the search stopped before the tuner recorded it) is
         read, not trained again; an interrupted one resumes from its backup.
         """
-        from deeplense_tf.training.trainer import train
+        from deeplense_tf.training.session import train
 
         config = self.trial_config(values, init_from=init_from)
         out = Path(out_dir)
