@@ -665,3 +665,84 @@ def test_every_prefix_of_a_real_file_is_a_data_error(tmp_path):
         cut.write_bytes(content[:size])
         with pytest.raises(DataError, match="cut.npy"):
             load_npy(cut)
+
+
+# --- .npz members ------------------------------------------------------------------------------
+
+
+def _npz(path, members: dict) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, content in members.items():
+            archive.writestr(f"{key}.npy", content)
+    return path
+
+
+def _npy_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+_IMAGES = _npy_bytes(np.ones((3, 4, 4), np.float32))
+
+HOSTILE_NPZ = {
+    "images-claim-a-billion-rows": (
+        {"images": npy_header("<f4", (10**9, 4, 4)) + bytes(64)},
+        r"'images': shape \(1000000000, 4, 4\) of float32 needs 64000000000 bytes",
+    ),
+    "image-rows-too-large": (
+        {"images": npy_header("<f8", (1, 8000, 8000))},
+        "more than the 16777216 allowed",
+    ),
+    "object-member": ({"images": _IMAGES, "names": npy(op_object_array())}, "without pickle"),
+    "code-in-member": (
+        {"images": _IMAGES, "x": npy(op_global("os", "system") + pickle.NONE + pickle.REDUCE)},
+        "without pickle",
+    ),
+    "member-bad-header": ({"images": npy_header(text="__import__('os')")}, "not a Python dict"),
+    "member-unknown-dtype": ({"images": npy_header("<c16", (1, 2, 2))}, "unsupported dtype"),
+    "member-truncated": ({"images": _IMAGES[:-10]}, "needs 192 bytes of data, the archive holds"),
+    "metadata-not-text": (
+        {"images": _IMAGES, "metadata": _npy_bytes(np.ones(2))},
+        "'metadata' must be text",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_NPZ))
+def test_hostile_npz_member_is_a_clear_data_error(tmp_path, name):
+    import re
+
+    members, message = HOSTILE_NPZ[name]
+    path = _npz(tmp_path / f"{name}.npz", members)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_examples(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text
+    assert re.search(message, text), text
+    assert peak < 16 << 20  # nothing the header declares is allocated
+
+
+def test_npz_that_is_not_a_zip_or_is_cut_short(tmp_path):
+    good = _npz(tmp_path / "good.npz", {"images": _IMAGES})
+    assert len(load_examples(good)) == 3
+    content = good.read_bytes()
+    for size in (0, 10, len(content) // 2, len(content) - 1):
+        cut = tmp_path / f"cut{size}.npz"
+        cut.write_bytes(content[:size])
+        with pytest.raises(DataError, match=rf"cut{size}\.npz"):
+            load_examples(cut)
+    flipped = bytearray(content)
+    flipped[60] ^= 0xFF  # inside the deflated member: zlib or CRC error
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    with pytest.raises(DataError, match=r"flipped\.npz"):
+        load_examples(tmp_path / "flipped.npz")

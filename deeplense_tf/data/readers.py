@@ -18,14 +18,13 @@ import math
 import os
 import re
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from deeplense_tf.data import schema
-from deeplense_tf.data.safe_npy import load_npy
+from deeplense_tf.data.safe_npy import NpzArchive, load_npy
 from deeplense_tf.errors import DataError
 
 DEEPLENSE_TARGET = "log10_m_axion_ev"
@@ -593,36 +592,29 @@ def _split_keys(keys, source: str):
 
 def _load_npz(path: Path, limit: int | None) -> Examples:
     source = str(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"{source}: not a readable .npz file ({error})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{source}: not an .npz archive")
-    with archive:
+    with NpzArchive(path) as archive:
         keys = list(archive.files)
         targets, nuisance = _split_keys(keys, source)
-        cut = slice(None, limit)
 
         def read(key):
-            try:
-                return archive[key][cut]
-            except ValueError as error:  # object arrays need pickle, which we refuse
-                raise DataError(f"{source}: cannot read {key!r} without pickle ({error})") from None
-            except (OSError, zipfile.BadZipFile, EOFError) as error:
-                raise DataError(f"{source}: {key!r} is corrupt ({error})") from None
-            except IndexError:
-                raise DataError(
-                    f"{source}: {key!r} must be an array with one entry per image"
-                ) from None
+            array = archive.read(key, max_rows=limit)
+            if array.ndim == 0:
+                raise DataError(f"{source}: {key!r} must be an array with one entry per image")
+            return array
 
-        metadata = _parse_metadata(archive["metadata"].item(), source) if "metadata" in keys else {}
+        def text(key):
+            array = archive.read(key)
+            if array.dtype.kind not in "US":
+                raise DataError(f"{source}: {key!r} must be text, got dtype {array.dtype}")
+            return array
+
+        metadata = _parse_metadata(text("metadata").item(), source) if "metadata" in keys else {}
         return _assemble(
             source,
             read("images"),
             {name: read(key) for name, key in targets.items()},
             read("class_id") if "class_id" in keys else None,
-            archive["class_names"] if "class_names" in keys else None,
+            text("class_names") if "class_names" in keys else None,
             {name: read(key) for name, key in nuisance.items()},
             metadata,
         )

@@ -24,6 +24,8 @@ import os
 import pickletools
 import re
 import struct
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -44,6 +46,8 @@ _NUMERIC = {("f", 2), ("f", 4), ("f", 8), ("i", 1), ("i", 2), ("i", 4), ("i", 8)
 _NUMERIC |= {("u", 1), ("u", 2), ("u", 4), ("u", 8)}
 _NPY_DESCR = re.compile(r"^([<>|=])([fiu])([1-8])$")
 _PICKLE_DESCR = re.compile(r"^([fiu])([1-8])$")
+_TEXT_DESCR = re.compile(r"^([<>=]U|\|S)([0-9]{1,7})$")  # fixed-width text, in .npz only
+MAX_TEXT_CHARS = 1 << 20
 
 # The global names numpy's pickles of arrays and numbers refer to. They are only compared
 # as names; nothing is ever looked up or called.
@@ -427,6 +431,34 @@ def _read_header(handle, path: str) -> tuple[str, bool, tuple]:
     return descr, fortran, shape
 
 
+def _numeric_dtype(descr, path: str, text_ok: bool = False) -> np.dtype:
+    """The dtype of a numeric `.npy` header's `descr`; DataError for anything else."""
+    match = _NPY_DESCR.match(descr) if isinstance(descr, str) else None
+    if match and (match[2], int(match[3])) in _NUMERIC:
+        if match[1] == "|" and int(match[3]) != 1:
+            raise DataError(f"{path}: unsupported dtype {descr!r} (no byte order)")
+        return np.dtype(("=" if match[1] == "|" else match[1]) + match[2] + match[3])
+    text = _TEXT_DESCR.match(descr) if text_ok and isinstance(descr, str) else None
+    if text and 0 < int(text[2]) <= MAX_TEXT_CHARS:
+        return np.dtype(text[1].lstrip("|") + text[2])
+    raise DataError(
+        f"{path}: unsupported dtype {descr!r}; images and labels must be real numbers "
+        "(float, int or uint, or an [image, label] object array)"
+    )
+
+
+def _read_exactly(handle, nbytes: int, path: str, what: str) -> bytes:
+    """`nbytes` from `handle`, read in pieces so memory follows the data actually there."""
+    pieces, remaining = [], nbytes
+    while remaining:
+        piece = handle.read(min(remaining, 1 << 24))
+        if not piece:
+            raise DataError(f"{path}: {what} is truncated ({nbytes - remaining} of {nbytes} bytes)")
+        pieces.append(piece)
+        remaining -= len(piece)
+    return b"".join(pieces)
+
+
 def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS, allow_object: bool = True) -> np.ndarray:
     """Load one `.npy` file: a numeric array, or a small object array of numeric arrays and
     numbers (the DeepLense `[image, m]`), with at most `max_pixels` values per array.
@@ -460,21 +492,13 @@ def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS, allow_object: bool = True
                         f"{path}: header says shape {shape} but the data has {array.shape}"
                     )
                 return array
-            match = _NPY_DESCR.match(descr)
-            if not match or (match[2], int(match[3])) not in _NUMERIC:
-                raise DataError(
-                    f"{path}: unsupported dtype {descr!r}; images and labels must be real "
-                    "numbers (float, int or uint, or an [image, label] object array)"
-                )
-            if match[1] == "|" and int(match[3]) != 1:
-                raise DataError(f"{path}: unsupported dtype {descr!r} (no byte order)")
+            dtype = _numeric_dtype(descr, path)
             count = math.prod(shape)
             if count > max_pixels:
                 raise DataError(
                     f"{path}: array of shape {shape} has {count} values, more than the "
                     f"{max_pixels} allowed"
                 )
-            dtype = np.dtype(("=" if match[1] == "|" else match[1]) + match[2] + match[3])
             nbytes = count * dtype.itemsize
             if size - offset != nbytes:
                 raise DataError(
@@ -486,3 +510,67 @@ def load_npy(path, max_pixels: int = MAX_IMAGE_PIXELS, allow_object: bool = True
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     return array.astype(dtype.newbyteorder("="), order="C")
+
+
+class NpzArchive:
+    """The arrays of an `.npz` file, each read as `load_npy` reads a numeric `.npy`.
+
+    `np.load` would trust each member's header and allocate the shape it declares; here
+    the header is parsed as above, the data must have exactly the size the zip entry
+    declares, and memory grows only with the data actually decompressed. Members hold
+    numbers, or fixed-width text (`metadata`, `class_names`); object arrays are refused.
+    `max_pixels` bounds the values of one row (one image); the number of rows is bounded
+    by the data itself.
+    """
+
+    def __init__(self, path, max_pixels: int = MAX_IMAGE_PIXELS):
+        self.path, self.max_pixels = os.fspath(path), max_pixels
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            infos = self._zip.infolist()
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
+            raise DataError(f"{self.path}: not a readable .npz file ({error})") from None
+        self._infos = {i.filename[:-4]: i for i in infos if i.filename.endswith(".npy")}
+        self.files = list(self._infos)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._zip.close()
+
+    def read(self, key: str, max_rows: int | None = None) -> np.ndarray:
+        """Array `key` (its first `max_rows` rows when given); DataError naming file and key."""
+        name = f"{self.path}: {key!r}"
+        info = self._infos[key]
+        try:
+            with self._zip.open(info) as handle:
+                descr, fortran, shape = _read_header(handle, name)
+                if descr == "|O":
+                    raise DataError(
+                        f"{self.path}: cannot read {key!r} without pickle (object array)"
+                    )
+                dtype = _numeric_dtype(descr, name, text_ok=True)
+                row = math.prod(shape[1:])
+                if row > self.max_pixels:
+                    raise DataError(
+                        f"{name}: rows of shape {shape[1:]} have {row} values, more than the "
+                        f"{self.max_pixels} allowed"
+                    )
+                nbytes = math.prod(shape) * dtype.itemsize
+                available = info.file_size - handle.tell()
+                if available != nbytes:
+                    raise DataError(
+                        f"{name}: shape {shape} of {dtype} needs {nbytes} bytes of data, the "
+                        f"archive holds {available} (truncated or padded)"
+                    )
+                if max_rows is not None and shape and not fortran and max_rows < shape[0]:
+                    shape = (max_rows, *shape[1:])
+                    nbytes = math.prod(shape) * dtype.itemsize
+                raw = _read_exactly(handle, nbytes, name, "the data")
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as error:
+            raise DataError(f"{name} is corrupt ({error})") from None
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        if max_rows is not None and fortran:
+            array = array[:max_rows]
+        return array.astype(dtype.newbyteorder("="), order="C")
