@@ -15,7 +15,11 @@ Layout written (docs/architecture.md, "Exported SavedModel"):
 Atomicity: everything is written into a hidden sibling folder `OUT/<name>/.tmp-export-*`
 (TF Serving only looks at integer-named folders), checked, and renamed to `<version>`
 in one step; any failure removes the hidden folder, so a half-written version is never
-visible and nothing is left behind. Replacing an existing version (`overwrite=True`)
+visible and nothing is left behind. Only a process killed outright (kill -9, power loss)
+leaves its staging folder; its name records the host and process id
+(`.tmp-export-<version>-<host>-<pid>-*`), so the next export into the same folder removes
+those whose process is gone and reports the ones it cannot judge (another host's, or
+named before this scheme). Replacing an existing version (`overwrite=True`)
 moves the old folder aside first, so between the two renames the version is briefly
 absent, never mixed.
 """
@@ -28,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -237,7 +242,9 @@ def export_run(
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or next_version(model_dir)
     final = model_dir / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=model_dir))
+    clean_stale_staging(model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-{_HOST}-{os.getpid()}-",
+                                    dir=model_dir))
     # mkdtemp makes the folder private (0700); the published version must be readable by
     # the server's user like any folder made here.
     os.chmod(staging, 0o777 & ~_umask())
@@ -307,6 +314,51 @@ def export_run(
     if on_device:
         paths["on_device"] = final / TFLITE_DIR / on_device_lib.FILENAME
     return paths
+
+
+STAGING_PREFIX = ".tmp-export-"
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+# .tmp-export-<version>-<host>-<pid>-<mkdtemp suffix>; hosts may contain '-', pids may not.
+_STAGING_NAME = re.compile(r"^\.tmp-export-\d+-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists under another user (or cannot tell): keep its folder
+    return True
+
+
+def clean_stale_staging(model_dir, *, report: bool = True) -> dict[str, list[Path]]:
+    """Remove the staging folders in `model_dir` whose export was killed; report the others.
+
+    A staging folder is stale when its name says this host made it and that process no
+    longer runs. Folders of another host (shared storage) or without that information
+    are kept, since a live export may own them, and named on stderr with what to do.
+    Returns `{"removed": [...], "kept": [...]}`.
+    """
+    removed, kept = [], []
+    for path in sorted(Path(model_dir).glob(STAGING_PREFIX + "*")):
+        match = _STAGING_NAME.match(path.name)
+        if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+                continue
+        kept.append(path)
+    if report:
+        for path in removed:
+            print(f"removed {path}: staging folder of an export that was killed", file=sys.stderr)
+        for path in kept:
+            match = _STAGING_NAME.match(path.name)
+            owner = (f"export process {match['pid']} on {match['host']}" if match
+                     else "an export of an earlier version of deeplense-tf")
+            print(f"kept {path}: staging folder of {owner}; delete it if that export is no "
+                  "longer running", file=sys.stderr)
+    return {"removed": removed, "kept": kept}
 
 
 def _umask() -> int:
