@@ -20,6 +20,8 @@ _EXPORTS = {
     "load_config": "config",
     "save_config": "config",
     "validate_config": "config",
+    "ExperimentConfig": "config",
+    "load_experiment": "config",
     "apply_smoke": "config",
     "packaged_config_names": "config",
     "make_datasets": "datasets",
