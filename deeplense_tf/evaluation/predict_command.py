@@ -55,19 +55,10 @@ class _Batch:
 def load_single_image(path) -> np.ndarray:
     """A plain numeric `.npy` image as float32 `[1, H, W, 1]`; DataError naming the file otherwise."""
     path = Path(path)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise DataError(
-                f"{path}: holds a pickled object array; single images must be plain numeric .npy "
-                f"arrays [H, W] or [H, W, 1] (pass a DeepLense [image, label] file's folder as a data set)"
-            ) from None
-        raise DataError(f"{path}: not a readable .npy file ({error})") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for a zip archive
-        raise DataError(f"{path}: not a single .npy array")
+    from deeplense_tf.data.safe_npy import load_npy
+
+    # Not np.load: it allocates whatever shape the header declares (docs/security.md).
+    array = load_npy(path, allow_object=False)
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise DataError(f"{path}: pixels have dtype {array.dtype}; expected a real number type")
     if array.ndim == 3 and array.shape[-1] == 1:
