@@ -12,7 +12,8 @@ checked before anything is allocated. Anything else is a `DataError` naming the 
 
 Numeric `.npy` files get the same treatment: the header is parsed here (magic, version,
 bounded header length, a dict literal read with `ast.literal_eval`), then the data are
-read with the checked dtype and shape. See docs/security.md ("Data files").
+read with the checked dtype and shape; `NpzArchive` reads the members of an `.npz` the
+same way. See docs/security.md ("Data files").
 """
 
 from __future__ import annotations
