@@ -4,10 +4,13 @@
     metrics = evaluate_command("runs/resnet", "data/model2", tta=True)   # writes runs/resnet/eval
     regression_metrics(y_true, y_pred, y_std)   # MAE, RMSE, R², bias, median AE, coverage, NLL
 
-Modules: `metrics` (pure numpy, physical units), `plots` (one PNG per target: predicted
-vs true, residuals vs true, calibration), `report` (evaluate a run on `Examples`, write
-metrics.json / predictions.csv / plots, text and Markdown tables), `commands`
-(`deeplense evaluate`), `predict_command` (`deeplense predict`).
+Modules: `metrics` (pure numpy, physical units; coverage from the actual predictive
+distribution), `plots` (per target: predicted vs true, residuals vs true, calibration;
+the coverage figure), `report` (evaluate a run on `Examples`, write metrics.json /
+predictions.csv / plots, text and Markdown tables, `coverage_markdown` for any report),
+`population` (one shared axion mass from many lenses), `commands` (`deeplense
+evaluate`), `predict_command` (`deeplense predict`), `population_command` (`deeplense
+infer-population`).
 
 Names load lazily, so importing this package does not import TensorFlow or matplotlib.
 """
@@ -22,12 +25,18 @@ _EXPORTS = {
     "binned_metrics": "metrics",
     "coverage": "metrics",
     "coverage_curve": "metrics",
+    "coverage_report": "metrics",
+    "distribution_metrics": "metrics",
     "evaluate_target": "metrics",
     "gaussian_metrics": "metrics",
     "gaussian_nll": "metrics",
     "point_metrics": "metrics",
     "regression_metrics": "metrics",
+    "plot_coverage": "plots",
     "plot_target": "plots",
+    "combine_posteriors": "population",
+    "infer_population": "population",
+    "coverage_markdown": "report",
     "evaluate_run": "report",
     "format_table": "report",
     "markdown_table": "report",
