@@ -349,6 +349,29 @@ def test_hyperband_sets_the_epochs_and_continues_trials_from_their_runs(tmp_path
     assert "epochs" not in best["model"]["options"]
 
 
+def test_an_interrupted_trial_resumes_from_its_runs_backup(tmp_path, data_dir, monkeypatch):
+    """Killed mid-trial, the search re-runs that trial, and its training resumes."""
+    from deeplense_tf.training import session
+
+    real_train = session.train
+
+    def train_then_stop(config, out_dir, **kwargs):
+        return real_train(config, out_dir, _interrupt_after=1, **kwargs)
+
+    out = tmp_path / "s"
+    monkeypatch.setattr(session, "train", train_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(tuning.tune, data_dir, out, space=TINY, max_trials=1, epochs=2, overrides=OVERRIDES,
+              progress=False)
+    monkeypatch.setattr(session, "train", real_train)
+    result, _ = quiet(tuning.tune, data_dir, out, space=TINY, max_trials=1, epochs=2, overrides=OVERRIDES,
+                      progress=False)
+    assert result.new_trials == 1 and list(result.table["status"]) == ["COMPLETED"]
+    log = (out / "search" / f"trial_{result.best_trial_id}" / "train.log").read_text()
+    assert "resuming" in log and "after epoch 1" in log
+    assert result.table.iloc[0]["epochs"] == 2
+
+
 def test_several_targets_score_the_first_targets_nll(tmp_path, data_dir):
     """With two targets the default objective is the first one's NLL, from its own loss."""
     targets = [TARGET, "source_x_arcsec"]

@@ -233,27 +233,32 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        if not _finished_run(out, config):
+        finished, other = _run_state(out, config)
+        if not finished:
             with open(out / TRAIN_LOG_FILE, "a") as log, contextlib.redirect_stdout(log):
-                train(config, out, progress=False)
+                # A run of another config here is what a trial the oracle never recorded
+                # left behind (its id is handed out again): replace it.
+                train(config, out, progress=False, overwrite=other)
         metrics = trial_metrics(out)
         metrics["seconds"] = float(time.perf_counter() - start)
         return metrics
 
 
-def _finished_run(out: Path, config: dict) -> bool:
-    """Whether `out` holds a finished run of exactly `config`."""
+def _run_state(out: Path, config: dict) -> tuple[bool, bool]:
+    """(`out` holds the finished run of `config`, `out` holds a run of another config)."""
     from deeplense_tf.files import read_yaml
     from deeplense_tf.runs import layout
     from deeplense_tf.training.config import diff_configs
 
+    if not (out / layout.CONFIG_FILE).is_file():
+        return False, False
+    if diff_configs(read_yaml(out / layout.CONFIG_FILE), config):
+        return False, True
     try:
         info = json.loads((out / layout.RUN_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    if not info.get("complete") or not (out / layout.CONFIG_FILE).is_file():
-        return False
-    return not diff_configs(read_yaml(out / layout.CONFIG_FILE), config)
+        return False, False
+    return bool(info.get("complete")), False
 
 
 def _tuner_values(hp) -> dict:

@@ -31,7 +31,7 @@ import keras_tuner
 import numpy as np
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.files import read_yaml, write_text_atomic
+from deeplense_tf.files import atomic_path, read_yaml, write_text_atomic
 from deeplense_tf.training.config import (
     apply_smoke,
     config_to_yaml,
@@ -79,6 +79,13 @@ class DeepLenseTuner(keras_tuner.Tuner):
     """
 
     progress_bar = None
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        # Saved before the first trial too: a search killed during a trial then reloads
+        # the oracle, which hands that trial out again, so its run resumes from its backup
+        # (KerasTuner saves only after a trial ends, and would draw new values instead).
+        self.save()
 
     def run_trial(self, trial, *args, **kwargs):
         record = {"tuner_id": self.tuner_id, "host": socket.gethostname(), "pid": os.getpid()}
@@ -207,9 +214,8 @@ def plot_scores(table, objective: str, path) -> Path:
     ax.set(xlabel="trial", ylabel=objective, title=f"search: {objective} (lower is better)")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 
@@ -378,9 +384,13 @@ def tune(data, out_dir, *, model: str | None = None, tuner: str = "random", max_
         overwrite: delete a previous search in `out_dir` first.
         progress: tqdm bar over trials on a terminal.
 
+    Every trial trains with `deeplense train`'s loop into `OUT/search/trial_<id>/`, a
+    run folder; a search stopped half way resumes the interrupted trial from its backup.
+
     Hyperband sets each trial's epochs itself (up to the largest value of the `epochs`
-    hyperparameter, or `training.epochs`) and continues promising trials from earlier
-    ones' weights with a fresh schedule; its best config trains once for that many epochs.
+    hyperparameter, or `training.epochs`) and continues a promising trial from the earlier
+    trial's run folder (`training.init_from`, a fresh schedule at the trial's learning
+    rate for the epochs left); its best config trains from scratch for all the epochs.
 
     Distributed: with `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT` and
     `KERASTUNER_TUNER_ID` set, the process whose id contains "chief" serves the oracle
@@ -469,9 +479,8 @@ def _write_results(search, hypermodel, out: Path, finished_before: int) -> TuneR
     table = results_table(project, objective)
     paths = {"results": out / RESULTS_FILE, "plot": out / PLOT_FILE, "project": project,
              "settings": out / SETTINGS_FILE}
-    tmp = paths["results"].with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, paths["results"])
+    with atomic_path(paths["results"]) as tmp:
+        table.to_csv(tmp, index=False)
     plot_scores(table, objective, paths["plot"])
     best = search.oracle.get_best_trials(1)
     best_config, best_id = None, None
