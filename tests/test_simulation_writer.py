@@ -2,8 +2,11 @@
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -264,3 +267,55 @@ def test_plan_shards_cover_every_index_once():
     assert covered == list(range(103))
     assert [p.split for p in plans].count("train") == 5
     assert all(p.stop > p.start for p in plans)
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a dead child nobody has reaped yet)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    out = tmp_path / "data"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "deeplense_tf", "simulate", "--preset", "deeplense-model-2",
+         "--num", "4000", "--workers", "2", "--no-progress", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        # Workers exist and results are coming back (a shard is being written).
+        while len(_children(parent.pid)) < 2 or not list(out.glob("*.tmp")):
+            assert parent.poll() is None, parent.stderr.read()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        workers = _children(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [pid for pid in workers if _running(pid)]
+    finally:
+        parent.kill()
+        parent.wait()
+    for pid in alive:  # do not leave them behind even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived their killed parent by 5 s"

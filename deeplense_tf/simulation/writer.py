@@ -26,6 +26,7 @@ import numpy as np
 
 from deeplense_tf.data import schema
 from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.files import atomic_path, write_json_atomic
 from deeplense_tf.simulation import simulator
 from deeplense_tf.simulation.presets import Preset, get_preset
 
@@ -120,9 +121,7 @@ def _identity(preset: Preset, seed: int, num: int, val_fraction: float, test_fra
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, allow_nan=False)  # other tools parse the manifest strictly
 
 
 def _check_folder(out: Path, identity: dict) -> str:
@@ -156,6 +155,43 @@ def _check_folder(out: Path, identity: dict) -> str:
     return "new"
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_WATCHDOG_SECONDS = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the worker dies when the process that started it does.
+
+    A parent killed outright (kill -9, the OOM killer) cannot shut its pool down, and
+    orphaned workers would go on simulating for minutes. On Linux the kernel sends the
+    worker SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG; strictly, when the parent's
+    thread that started it ends, which is the thread running `write_dataset`, and that
+    shuts the pool down before it returns); everywhere, a daemon thread also exits the
+    worker once its parent process id changes (re-parented).
+    """
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still covers it
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _iter_chunks(plans: list[ShardPlan], chunk: int):
     for plan in plans:
         for start in range(plan.start, plan.stop, chunk):
@@ -172,7 +208,9 @@ def _run_chunks(preset: Preset, seed: int, plans: list[ShardPlan], workers: int)
     biggest = max(p.stop - p.start for p in plans)
     chunk = max(1, min(_MAX_CHUNK, math.ceil(biggest / (2 * workers))))
     context = multiprocessing.get_context("spawn")
-    executor = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    executor = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_exit_with_parent,
+        initargs=(os.getpid(),))
     pending = collections.deque()
     chunks = _iter_chunks(plans, chunk)
     try:
@@ -294,9 +332,8 @@ def _write_preview(path: Path, preset: Preset, preview: dict) -> None:
     fig.suptitle(f"{preset.name} ({preset.instrument.units}; x right, y up, "
                  f"{2 * half:.2f}\" across)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def _versions() -> dict:
