@@ -15,7 +15,7 @@ checkpoint: `val_loss`, `val_mae` or `val_<target>_mae`), `validation_steps` (nu
 the whole validation split) and `bn_recalibration_batches` (training batches used to
 re-estimate BatchNorm statistics after training; 0 = off) and `calibrate_variance`
 (Gaussian head: scale the predicted standard deviations so that the validation
-split's coverage matches the nominal levels; `deeplense_tf.evaluation.calibration`).
+split's coverage matches the nominal levels; `deeplense_tf.models.calibration`).
 
 The schema is typed: `ExperimentConfig` (sections `DataConfig`, `ModelConfig`,
 `TrainingConfig`) holds every key with its default, its allowed types and its range
@@ -316,9 +316,7 @@ def _merge(base: dict, update: Mapping, prefix: str = "", source: str = "config"
 
 def _unknown_key_message(dotted: str, source: str) -> str:
     section, _, _ = dotted.rpartition(".")
-    node = DEFAULT_CONFIG
-    for part in section.split(".") if section else ():
-        node = node.get(part, {}) if isinstance(node, dict) else {}
+    node = get_dotted(DEFAULT_CONFIG, section, {}) if section else DEFAULT_CONFIG
     choices = [f"{section}.{k}" if section else k for k in node] if isinstance(node, dict) else []
     close = difflib.get_close_matches(dotted, choices, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
