@@ -6,9 +6,16 @@
 
 See `registry` for the layer naming rule (`image`, `preprocess`, ..., `embedding`,
 heads) and `heads` for the output conventions.
+
+Adding an architecture is one new file in this folder whose builder carries one
+`register(...)` call (builder, search space, tiny test options, int8 rule): every module
+here is imported with the package, so the CLI, the tuner, the tests and the export see
+it without another edit.
 """
 
-from deeplense_tf.models import cnn, cnn_lstm, efficientnet, resnet, vit  # noqa: F401  (register builders)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from deeplense_tf.models.batchnorm import batchnorm_layers, reestimate_batchnorm_statistics
 from deeplense_tf.models.heads import (
     HEADS,
@@ -73,3 +80,8 @@ __all__ = [
     "tiny_options",
     "unregister",
 ]
+
+# Import every module of the package so each architecture file's `register` call runs
+# (in name order, which is MODEL_NAMES's order).
+for _module in sorted(info.name for info in _pkgutil.iter_modules(__path__)):
+    _importlib.import_module(f"{__name__}.{_module}")
