@@ -11,8 +11,10 @@
 # EXPORT_DIR/batching_parameters.txt when present, else serving/batching_parameters.txt.
 # New version folders are picked up within a second; models.config is re-read each minute.
 #
-# Pin the image (TF_SERVING_IMAGE=tensorflow/serving:<version>) to a release at least
-# as new as the TensorFlow that exported the model.
+# The image is pinned to TF Serving 2.21.0, the release built on the TensorFlow (2.21) that
+# `deeplense export` writes SavedModels with; an older TF Serving may lack ops the model
+# uses. Prometheus metrics: http://127.0.0.1:8501/monitoring/prometheus/metrics
+# (serving/monitoring_config.txt). TF_SERVING_IMAGE overrides the image.
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
@@ -21,7 +23,7 @@ if [[ $# -lt 1 || $# -gt 2 ]]; then
 fi
 EXPORT_DIR=$(cd "$1" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
-IMAGE=${TF_SERVING_IMAGE:-tensorflow/serving:latest}
+IMAGE=${TF_SERVING_IMAGE:-tensorflow/serving:2.21.0}
 BIND=${BIND:-127.0.0.1}
 
 BATCHING="$EXPORT_DIR/batching_parameters.txt"
@@ -42,9 +44,11 @@ exec docker run --rm --name "${CONTAINER_NAME:-deeplense-serving}" \
   -p "$BIND:8500:8500" -p "$BIND:8501:8501" \
   -v "$EXPORT_DIR:$EXPORT_DIR:ro" \
   -v "$BATCHING:/etc/tfserving/batching_parameters.txt:ro" \
+  -v "$HERE/monitoring_config.txt:/etc/tfserving/monitoring_config.txt:ro" \
   "$IMAGE" \
   "${MODEL_ARGS[@]}" \
   --enable_batching=true \
   --batching_parameters_file=/etc/tfserving/batching_parameters.txt \
+  --monitoring_config_file=/etc/tfserving/monitoring_config.txt \
   --file_system_poll_wait_seconds=1 \
   --rest_api_timeout_in_ms=30000

@@ -75,6 +75,59 @@ def write_fixture_model(base_dir: str | Path, version: int, *, scale: float = 1.
     return final
 
 
+def write_half_plus_two(base_dir: str | Path, version: int = 123) -> Path:
+    """TF Serving's own test model, ``half_plus_two`` (y = 0.5 x + 2), as a TF1 SavedModel.
+
+    The signatures its tests call (http_rest_api_handler_test.cc,
+    tensorflow_model_server_test.py): ``serving_default`` (predict, input ``x`` float
+    [-1, 1], output ``y``), ``regress_x_to_y`` and ``classify_x_to_y`` (tf.Example input
+    with feature ``x``, output ``outputs`` / ``scores``). Added for the parity tests:
+    ``classify_with_classes`` (classes "half" and "double" with scores y and 2y),
+    ``two_inputs`` (``a``, ``b`` float [-1] -> their sums), ``complex_out`` (complex64 y)
+    and ``none_out`` (the x values above 1e9: no rows for ordinary x).
+    """
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    base_dir = Path(base_dir)
+    final = base_dir / str(version)
+    staging = base_dir / f".writing-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf1.Variable(0.5, name="a")
+        b = tf1.Variable(2.0, name="b")
+        serialized = tf1.placeholder(tf.string, name="tf_example")
+        parsed = tf1.io.parse_example(serialized, {"x": tf1.io.FixedLenFeature([1], tf.float32)})
+        y_ex = tf.add(tf.multiply(a, parsed["x"]), b, name="y_ex")
+        x = tf1.placeholder(tf.float32, shape=[None, 1], name="x")
+        y = tf.add(tf.multiply(a, x), b, name="y")
+        labels = tf.tile(tf.constant([["half", "double"]]), [tf.shape(y_ex)[0], 1])
+        in_a = tf1.placeholder(tf.float32, shape=[None], name="in_a")
+        in_b = tf1.placeholder(tf.float32, shape=[None], name="in_b")
+        signature = tf1.saved_model
+        signatures = {
+            "serving_default": signature.predict_signature_def({"x": x}, {"y": y}),
+            "regress_x_to_y": signature.regression_signature_def(serialized, y_ex),
+            "classify_x_to_y": signature.classification_signature_def(serialized, None, y_ex),
+            "classify_with_classes": signature.classification_signature_def(
+                serialized, labels, tf.concat([y_ex, 2 * y_ex], axis=1)),
+            "two_inputs": signature.predict_signature_def(
+                {"a": in_a, "b": in_b}, {"sum_a": tf.reduce_sum(in_a), "sum_b": tf.reduce_sum(in_b)}),
+            "complex_out": signature.predict_signature_def({"x": x}, {"z": tf.complex(x, x)}),
+            "none_out": signature.predict_signature_def(
+                {"x": x}, {"big": tf.boolean_mask(x, x > 1e9)}),
+        }
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            builder = tf1.saved_model.Builder(str(staging))
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
+            builder.save()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    staging.rename(final)
+    return final
+
+
 def expected_outputs(images: np.ndarray, scale: float = 1.0, target: str = TARGET) -> dict:
     """What the fixture's serving_default returns for `images` [N, H, W, 1]."""
     x = np.asarray(images, dtype=np.float64)

@@ -61,3 +61,71 @@ def test_loadtest_script_runs_against_the_local_server(tmp_path, capsys, protoco
         assert loadtest.main([*where, "--concurrency", "1,4", "--requests", "12"]) == 0
     out = capsys.readouterr().out
     assert "| concurrency |" in out and "| 4 | 12 | 0 |" in out
+
+
+def test_tf_serving_image_is_pinned_to_the_exporting_tensorflow():
+    # Issue 17: not `latest`; the release built on the TensorFlow that writes the SavedModels.
+    import tensorflow as tf
+
+    release = ".".join(tf.__version__.split(".")[:2])
+    _, deployment = yaml.safe_load_all((SERVING / "k8s" / "deployment.yaml").read_text())
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    script = (SERVING / "docker-run.sh").read_text()
+    for where in (image, script):
+        assert "tensorflow/serving:latest" not in where
+    assert image.startswith(f"tensorflow/serving:{release}.")
+    assert f"tensorflow/serving:{image.split(':')[1]}" in script
+
+
+def test_monitoring_config_enables_prometheus_at_tf_servings_path(tmp_path):
+    from deeplense_tf.serving.config import read_monitoring_config_file
+
+    assert read_monitoring_config_file(SERVING / "monitoring_config.txt") == \
+        "/monitoring/prometheus/metrics"
+    config_map, deployment = yaml.safe_load_all((SERVING / "k8s" / "deployment.yaml").read_text())
+    (tmp_path / "monitoring_config.txt").write_text(config_map["data"]["monitoring_config.txt"])
+    assert read_monitoring_config_file(tmp_path / "monitoring_config.txt") == \
+        "/monitoring/prometheus/metrics"
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/path"] == "/monitoring/prometheus/metrics"
+    assert "--monitoring_config_file=/config/monitoring_config.txt" in template["spec"]["containers"][0]["args"]
+    assert "--monitoring_config_file=" in (SERVING / "docker-run.sh").read_text()
+
+
+def test_readiness_probe_waits_for_a_loaded_version():
+    # The model status URL family: /metadata answers only once a version is AVAILABLE.
+    _, deployment = yaml.safe_load_all((SERVING / "k8s" / "deployment.yaml").read_text())
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/v1/models/deeplense/metadata", "port": "http"}
+
+
+def test_serving_extra_declares_what_the_serving_code_imports():
+    import ast
+    import configparser
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+
+    def names(text):
+        return {re.split(r"[<>=!;\[ ]", line.strip())[0].lower().replace("_", "-")
+                for line in text.splitlines() if line.strip() and not line.strip().startswith("#")}
+
+    declared = names(config["options"]["install_requires"]) | names(
+        config["options.extras_require"]["serving"]) | names(config["options.extras_require"]["cpu"])
+    # Import name -> distribution; tensorflow-serving-api is installed --no-deps (setup.cfg note).
+    distribution = {"grpc": "grpcio", "google": "protobuf", "orjson": "orjson", "numpy": "numpy",
+                    "tensorflow": "tensorflow-cpu", "yaml": "pyyaml"}
+    imported = set()
+    for path in (root / "deeplense_tf" / "serving").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names
+                   and m not in ("deeplense_tf", "__future__", "tensorflow_serving")}
+    assert third_party <= set(distribution), third_party - set(distribution)
+    assert {distribution[m] for m in third_party} <= declared
+    assert "tensorflow-serving-api" in (root / "setup.cfg").read_text()  # the install note

@@ -161,7 +161,7 @@ def test_a_thousand_malformed_requests_leave_the_server_answering(batching_serve
 
 def test_oversized_body_gets_413_and_the_server_keeps_serving(batching_server):
     client = RestClient(batching_server.rest_url, MODEL_NAME, retries=0)
-    too_many = random_images(300)  # ~ 300 * 64 pixels * ~20 bytes > 256 KiB
+    too_many = random_images(600)  # ~ 600 * 64 pixels * ~11 bytes (orjson's float32) > 256 KiB
     with pytest.raises(ServingError) as info:
         client.predict(too_many)
     assert info.value.http_status == 413 and "exceeds the limit" in info.value.message

@@ -104,8 +104,10 @@ class BatchScheduler:
     rows of the batched answer are ready.
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], options: BatchingOptions, name: str = ""):
+    def __init__(self, run: Callable[[Arrays], Arrays], options: BatchingOptions, name: str = "",
+                 on_batch: Callable[[int], None] | None = None):
         self._run_fn = run
+        self._on_batch = on_batch  # told the rows of every model call (metrics)
         self.options = options
         self.name = name
         self._cond = threading.Condition()
@@ -195,6 +197,8 @@ class BatchScheduler:
     def _run_batch(self, batch: list[_Task]) -> None:
         total = sum(task.rows for task in batch)
         self.batch_sizes.append(total)
+        if self._on_batch is not None:
+            self._on_batch(total)
         if len(batch) == 1:
             self._run_alone(batch[0])
             return

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="REST connections served at once (default 128); at the cap the one "
                           "waiting longest for its request is dropped, or the new one gets 503")
 
+    net.add_argument("--monitoring-config-file", type=Path,
+                     help="TF Serving monitoring config; with prometheus_config { enable: true } "
+                          "the metrics are at /monitoring/prometheus/metrics (or its path)")
+
     batch = parser.add_argument_group("dynamic batching")
     batch.add_argument("--enable-batching", action="store_true",
                        help="run concurrent requests together as one model call")
@@ -125,13 +129,18 @@ def build_server(args):
     if args.file_system_poll_wait_seconds < 0:
         raise ConfigError("--file-system-poll-wait-seconds must be >= 0")
     models = _models(args)
+    prometheus_path = None
+    if args.monitoring_config_file:
+        from deeplense_tf.serving.config import read_monitoring_config_file
+
+        prometheus_path = read_monitoring_config_file(args.monitoring_config_file)
     store = ModelStore(models, poll_interval_s=args.file_system_poll_wait_seconds,
                        batching=_batching_options(args), max_request_batch=args.max_request_batch)
     return ModelServer(store, host=args.host, rest_port=args.port,
                        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
                        max_request_bytes=args.max_request_bytes,
                        read_timeout_s=args.read_timeout_seconds,
-                       max_connections=args.max_connections)
+                       max_connections=args.max_connections, prometheus_path=prometheus_path)
 
 
 def run(args) -> int:
@@ -154,6 +163,8 @@ def run(args) -> int:
             print(f"  REST  {server.rest_url}/v1/models/{model.name}")
         if server.grpc_target:
             print(f"  gRPC  {server.grpc_target}")
+        if server.prometheus_path:
+            print(f"  metrics {server.rest_url}{server.prometheus_path}")
         if store.batching:
             b = store.batching
             print(f"  batching: max {b.max_batch_size} rows, timeout {b.batch_timeout_micros} us, "

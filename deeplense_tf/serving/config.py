@@ -105,3 +105,57 @@ def read_model_config_file(path: str | Path) -> list[ModelConfig]:
     return models
 
 
+
+
+def _monitoring_config_class():
+    """TF Serving's MonitoringConfig message (monitoring_config.proto), built at run time.
+
+    tensorflow-serving-api does not ship this proto's Python module; two small messages
+    described here give `text_format` the exact grammar TF Serving parses.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="deeplense_monitoring_config.proto", package="deeplense_tf.serving", syntax="proto3")
+    prometheus = proto.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2,
+                         type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    monitoring = proto.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(name="prometheus_config", number=1,
+                         type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                         type_name=".deeplense_tf.serving.PrometheusConfig",
+                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("deeplense_tf.serving.MonitoringConfig"))
+
+
+def read_monitoring_config_file(path: str | Path) -> str | None:
+    """Reads TF Serving's ``--monitoring_config_file``; the Prometheus path, None when disabled.
+
+    ``prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }``; an empty
+    path means TF Serving's default, ``/monitoring/prometheus/metrics``.
+    """
+    from google.protobuf import text_format
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"monitoring config file {path}: cannot read it ({err})") from None
+    config = _monitoring_config_class()()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise ConfigError(f"monitoring config file {path}: {err}") from None
+    prometheus = config.prometheus_config
+    if not prometheus.enable:
+        return None
+    where = prometheus.path or "/monitoring/prometheus/metrics"
+    if not where.startswith("/"):
+        raise ConfigError(f"monitoring config file {path}: path must start with /, got {where!r}")
+    return where

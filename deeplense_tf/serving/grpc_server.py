@@ -1,7 +1,8 @@
 """TF Serving's gRPC API (``tensorflow-serving-api`` stubs) over a `ModelStore`.
 
-`PredictionService`: Predict and GetModelMetadata (Classify, Regress and
-MultiInference answer UNIMPLEMENTED: Keras exports only predict signatures).
+`PredictionService`: Predict, Classify, Regress and GetModelMetadata (MultiInference
+answers UNIMPLEMENTED). Every Predict / Classify / Regress is counted in the store's
+metrics with entrypoint GRPC.
 `ModelService`: GetModelStatus (HandleReloadConfigRequest answers UNIMPLEMENTED).
 Errors carry TF Serving's canonical codes and messages, the same ones the REST
 API turns into HTTP statuses.
@@ -10,6 +11,7 @@ API turns into HTTP statuses.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
@@ -17,11 +19,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from deeplense_tf.errors import ConfigError
@@ -84,6 +88,24 @@ def _check_tensor_size(name: str, proto, *, max_rows: int, max_bytes: int) -> No
             f"sent, more than a {max_bytes}-byte request can carry (--max-request-bytes)")
 
 
+def _serialized_examples(input_proto) -> list[bytes]:
+    """An Input proto's examples serialized, the context merged into each (TF Serving's rule)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in input_proto.example_list.examples]
+    if kind == "example_list_with_context":
+        listed = input_proto.example_list_with_context
+        context = listed.context.SerializeToString()
+        return [context + e.SerializeToString() for e in listed.examples]
+    raise invalid_argument("Input is empty.")
+
+
+def _fill_spec(out, spec, version: int) -> None:
+    out.name = spec.name
+    out.version.value = version
+    out.signature_name = spec.signature_name or DEFAULT_SIGNATURE
+
+
 def _tensor_to_array(name: str, proto, *, max_rows: int, max_bytes: int) -> np.ndarray:
     _check_tensor_size(name, proto, max_rows=max_rows, max_bytes=max_bytes)
     try:
@@ -97,7 +119,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.store = store
         self.max_message_bytes = int(max_message_bytes)
 
+    def _record(self, request, api: str, version, code: str, started: float) -> None:
+        self.store.metrics.record_request(request.model_spec.name, version, api, "GRPC", code,
+                                          time.perf_counter() - started)
+
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        started = time.perf_counter()
         try:
             version, label = _spec_version_and_label(request.model_spec)
             signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -108,7 +135,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 request.model_spec.name, signature, inputs, version=version, label=label,
                 output_filter=list(request.output_filter))
         except ServingError as err:
+            self._record(request, "predict", None, err.code, started)
             return _abort(context, err)
+        self._record(request, "predict", servable.version, "OK", started)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
@@ -140,10 +169,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Classify(self, request, context):  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not served here; use Predict")
+        started, servable = time.perf_counter(), None
+        try:
+            examples = _serialized_examples(request.input)
+            version, label = _spec_version_and_label(request.model_spec)
+            servable = self.store.servable(request.model_spec.name, version, label)
+            results = servable.classify(request.model_spec.signature_name, examples)
+        except ServingError as err:
+            self._record(request, "classify", servable and servable.version, err.code, started)
+            return _abort(context, err)
+        self._record(request, "classify", servable.version, "OK", started)
+        response = classification_pb2.ClassificationResponse()
+        _fill_spec(response.model_spec, request.model_spec, servable.version)
+        for classes in results:
+            out = response.result.classifications.add()
+            for label_bytes, score in classes:
+                out.classes.add(label=label_bytes.decode("utf-8", errors="replace"), score=score)
+        return response
 
     def Regress(self, request, context):  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not served here; use Predict")
+        started, servable = time.perf_counter(), None
+        try:
+            examples = _serialized_examples(request.input)
+            version, label = _spec_version_and_label(request.model_spec)
+            servable = self.store.servable(request.model_spec.name, version, label)
+            values = servable.regress(request.model_spec.signature_name, examples)
+        except ServingError as err:
+            self._record(request, "regress", servable and servable.version, err.code, started)
+            return _abort(context, err)
+        self._record(request, "regress", servable.version, "OK", started)
+        response = regression_pb2.RegressionResponse()
+        _fill_spec(response.model_spec, request.model_spec, servable.version)
+        for value in values:
+            response.result.regressions.add(value=value)
+        return response
 
     def MultiInference(self, request, context):  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED,

@@ -156,8 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.conn.answering()
-        status, payload = self.server.api.handle(method, urlsplit(self.path).path, body)
-        self._reply(status, payload)
+        status, content_type, payload = self.server.api.respond(
+            method, urlsplit(self.path).path, body)
+        self._reply(status, payload, content_type=content_type)
 
     def _read_body(self, limit: int) -> bytes:
         """The request body; `_BadRequest` when it is refused (its answer closes the connection)."""
@@ -233,11 +234,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (TimeoutError, OSError):
             pass
 
-    def _reply(self, status: int, payload: bytes, close: bool = False) -> None:
+    def _reply(self, status: int, payload: bytes, close: bool = False,
+               content_type: str = "application/json") -> None:
         phrase = self.responses.get(status, ("",))[0]
         lines = [f"{self.protocol_version} {status} {phrase}",
                  f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
-                 "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+                 f"Content-Type: {content_type}", f"Content-Length: {len(payload)}"]
         if close:
             lines.append("Connection: close")
             self.close_connection = True

@@ -1,4 +1,4 @@
-"""TF Serving's JSON tensor encoding: request bodies to numpy arrays and back.
+"""TF Serving's JSON tensor encoding of requests: bodies to numpy arrays (answers: json_answers).
 
 Follows TF Serving's ``json_tensor.cc`` (the REST API's reference
 implementation): row format ``{"instances": [...]}`` and columnar format
@@ -54,12 +54,9 @@ _INT_RANGES = {
     name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
     for name, dt in NUMPY_DTYPES.items() if dt.kind in "iu"
 }
-# Largest integer a float type holds exactly, and its largest finite value.
-_FLOAT_LIMITS = {
-    "DT_FLOAT": (2**24 - 1, float(np.finfo(np.float32).max)),
-    "DT_HALF": (2**11 - 1, float(np.finfo(np.float16).max)),
-    "DT_DOUBLE": (2**53 - 1, float(np.finfo(np.float64).max)),
-}
+# Float inputs take any JSON number, rounded to the dtype (beyond its range: +-inf), as
+# TF Serving's rapidjson GetFloat() / GetDouble() do.
+_FLOAT_TYPES = ("DT_FLOAT", "DT_DOUBLE", "DT_HALF")
 _MAX_VALUE_CHARS = 200  # error messages quote the offending JSON value, cut to this
 # Deepest nesting read as a tensor. numpy stops at 64 dimensions and Python's recursion
 # near 1,000, both as exceptions a client would see as a 500; past this it is a 400.
@@ -103,7 +100,7 @@ class PredictRequestJson:
     @property
     def doc(self) -> dict:
         if self._doc is None:
-            self._doc = _load_object(self.body)
+            self._doc = load_json_object(self.body)
         return self._doc
 
 
@@ -114,7 +111,7 @@ def shape_string(shape) -> str:
     return "[" + ",".join("-1" if d is None else str(int(d)) for d in shape) + "]"
 
 
-def _value_string(value) -> str:
+def value_string(value) -> str:
     try:
         text = json.dumps(value)
     except (TypeError, ValueError, RecursionError):
@@ -133,7 +130,7 @@ def _shallow_repr(value) -> str:
     return opening + ("..." if isinstance(value, (list, dict)) else repr(value))
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     if value is None:
         return "Null"
     if value is True:
@@ -149,12 +146,12 @@ def _json_type(value) -> str:
     return "Number"
 
 
-def _is_b64(value) -> bool:
+def is_b64_object(value) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def _is_named_object(value) -> bool:
-    return isinstance(value, dict) and not _is_b64(value)
+    return isinstance(value, dict) and not is_b64_object(value)
 
 
 # ---------------------------------------------------------------------------
@@ -172,24 +169,66 @@ def parse_predict_body(body: bytes) -> PredictRequestJson:
         signature, key, array = fast
         return PredictRequestJson(body=body, signature_name=signature, strict=False,
                                   numeric=(key, array))
-    doc = _load_object(body)
+    doc = load_json_object(body)
     signature = doc.get("signature_name", "")
     if not isinstance(signature, str):
         raise invalid_argument(
-            f"JSON Value: {_value_string(doc)} not formatted correctly. "
+            f"JSON Value: {value_string(doc)} not formatted correctly. "
             "'signature_name' key must be a string value.")
     strict = b"true" in body or b"false" in body
     return PredictRequestJson(body=body, signature_name=signature, strict=strict, _doc=doc)
 
 
-def _load_object(body: bytes) -> dict:
+# Python's json messages -> rapidjson's GetParseError_En() texts, which TF Serving sends.
+_PARSE_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+}
+
+
+def _parse_error_text(err: json.JSONDecodeError) -> str:
+    if err.msg == "Expecting ',' delimiter":
+        # rapidjson names the container; the innermost one open at the error tells which.
+        inside = _innermost_open(err.doc, err.pos)
+        return ("Missing a comma or '}' after an object member." if inside == "{"
+                else "Missing a comma or ']' after an array element.")
+    return _PARSE_ERRORS.get(err.msg, err.msg)
+
+
+def _innermost_open(text: str, pos: int) -> str:
+    stack, in_string, escaped = [], False, False
+    for char in text[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            stack.append(char)
+        elif char in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def load_json_object(body: bytes) -> dict:
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
         # json accepts NaN / Infinity / -Infinity, as TF Serving's kParseNanAndInfFlag does.
         doc = json.loads(body)
     except json.JSONDecodeError as err:
-        raise invalid_argument(f"JSON Parse error: {err.msg} at offset: {err.pos}") from None
+        raise invalid_argument(
+            f"JSON Parse error: {_parse_error_text(err)} at offset: {err.pos}") from None
     except UnicodeDecodeError as err:
         raise invalid_argument(
             f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
@@ -197,7 +236,7 @@ def _load_object(body: bytes) -> dict:
         # RecursionError: nesting deeper than Python's stack; ValueError: other decode errors.
         raise invalid_argument(f"JSON Parse error: {type(err).__name__}: {err}") from None
     if not isinstance(doc, dict):
-        raise invalid_argument(f"JSON Value: {_value_string(doc)} Is not object")
+        raise invalid_argument(f"JSON Value: {value_string(doc)} Is not object")
     return doc
 
 
@@ -291,10 +330,8 @@ def request_inputs(
     if request.numeric is not None and len(inputs) == 1:
         key, array = request.numeric
         name, info = next(iter(inputs.items()))
-        finite = np.abs(array[np.isfinite(array)])
-        # Integers too big for a float are an error in TF Serving; the fast path cannot
-        # tell 16777217 from 16777217.0, so it leaves such bodies to the JSON path.
-        if finite.size == 0 or finite.max() < 2**24:
+        # Only float inputs: the fast path reads 2 and 2.0 alike, an int input must not.
+        if info.dtype in _FLOAT_TYPES:
             converted = _fast_array(array, info.dtype)
             if converted is not None:
                 return {name: converted}, (ROW if key == "instances" else COLUMNAR)
@@ -302,7 +339,7 @@ def request_inputs(
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
         raise invalid_argument(
-            f"JSON Value: {_value_string(doc)} Not formatted correctly expecting only one of "
+            f"JSON Value: {value_string(doc)} Not formatted correctly expecting only one of "
             "'inputs' or 'instances' keys to exist ")
     if has_instances:
         return _row_inputs(doc, inputs, request.strict), ROW
@@ -315,9 +352,9 @@ def _row_inputs(doc, inputs: dict[str, TensorInfo], strict: bool) -> dict[str, n
     instances = doc["instances"]
     if not isinstance(instances, list):
         raise invalid_argument(
-            f"JSON Value: {_value_string(doc)} Excepting 'instances' to be an list/array")
+            f"JSON Value: {value_string(doc)} Expecting 'instances' to be an list/array")
     if not instances:
-        raise invalid_argument(f"JSON Value: {_value_string(doc)} No values in 'instances' array")
+        raise invalid_argument(f"JSON Value: {value_string(doc)} No values in 'instances' array")
     if not isinstance(instances[0], dict) and len(inputs) > 1:
         raise invalid_argument(
             "instances is a plain list, but expecting list of objects as multiple input "
@@ -363,7 +400,7 @@ def _row_inputs(doc, inputs: dict[str, TensorInfo], strict: bool) -> dict[str, n
         if set(item) != expected:
             raise invalid_argument(
                 f"Failed to process element: {i} of 'instances' list. JSON object: "
-                f"{_value_string(item)} must only have keys: {','.join(sorted(expected))}")
+                f"{value_string(item)} keys must be equal to: {','.join(sorted(expected))}")
     return {key: np.stack(arrays) for key, arrays in per_name.items()}
 
 
@@ -376,7 +413,7 @@ def _check_same_shape(first: np.ndarray, arr: np.ndarray) -> None:
 
 
 def _columnar_inputs(value, inputs: dict[str, TensorInfo], strict: bool) -> dict[str, np.ndarray]:
-    if not isinstance(value, dict) or _is_b64(value):
+    if not isinstance(value, dict) or is_b64_object(value):
         if len(inputs) > 1:
             raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple input "
@@ -407,7 +444,7 @@ def json_to_array(value, dtype: str, strict: bool = True) -> np.ndarray:
         arr = _fast_array(value, dtype)
         if arr is not None:
             return arr
-    shape = _dense_shape(value)
+    shape = dense_shape(value)
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
     np_dtype = NUMPY_DTYPES.get(dtype)
@@ -417,7 +454,8 @@ def json_to_array(value, dtype: str, strict: bool = True) -> np.ndarray:
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
         return arr.reshape(shape)
-    return np.asarray(flat, dtype=np_dtype).reshape(shape)
+    with np.errstate(over="ignore"):
+        return np.asarray(flat, dtype=np_dtype).reshape(shape)
 
 
 def _fast_array(value, dtype: str) -> np.ndarray | None:
@@ -430,18 +468,12 @@ def _fast_array(value, dtype: str) -> np.ndarray | None:
     except (ValueError, TypeError, OverflowError):  # ragged or odd values: explain one by one
         return None
     if arr.ndim > MAX_JSON_RANK:
-        return None  # _dense_shape gives the message
+        return None  # dense_shape gives the message
     if target.kind == "f":
-        if arr.dtype.kind == "f":
-            _, largest = _FLOAT_LIMITS.get(dtype, (0, np.inf))
-            if arr.size and np.nanmax(np.abs(np.where(np.isinf(arr), 0.0, arr)), initial=0.0) > largest:
-                return None
-        elif arr.dtype.kind == "i":
-            exact, _ = _FLOAT_LIMITS.get(dtype, (2**53 - 1, np.inf))
-            if arr.size and np.abs(arr).max() > exact:
-                return None
-        else:
+        if arr.dtype.kind not in "fiu":
             return None
+        with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as in TF Serving
+            return arr.astype(target, copy=False)
     else:
         if arr.dtype.kind not in "iu":
             return None
@@ -451,7 +483,7 @@ def _fast_array(value, dtype: str) -> np.ndarray | None:
     return arr.astype(target, copy=False)
 
 
-def _dense_shape(value) -> list[int]:
+def dense_shape(value) -> list[int]:
     """The shape implied by the first element at each level (TF Serving's GetDenseTensorShape)."""
     shape = []
     while isinstance(value, list):
@@ -471,12 +503,12 @@ def _fill(value, level: int, shape: list[int], dtype: str, out: list) -> None:
     if not isinstance(value, list):
         if level != rank:
             raise invalid_argument(
-                f"JSON Value: {_value_string(value)} found at incorrect level: {level + 1} "
+                f"JSON Value: {value_string(value)} found at incorrect level: {level + 1} "
                 f"in the JSON DOM. Expected at level: {rank}")
         if isinstance(value, dict):
             if dtype != "DT_STRING":
                 raise _type_error(value, dtype)
-            out.append(_decode_b64(value))
+            out.append(decode_b64_object(value))
         else:
             out.append(_scalar(value, dtype))
         return
@@ -492,23 +524,19 @@ def _fill(value, level: int, shape: list[int], dtype: str, out: list) -> None:
 
 def _type_error(value, dtype: str):
     return invalid_argument(
-        f"JSON Value: {_value_string(value)} Type: {_json_type(value)} is not of expected type: "
+        f"JSON Value: {value_string(value)} Type: {json_type(value)} is not of expected type: "
         f"{_TYPE_WORDS.get(dtype, dtype)}")
 
 
 def _scalar(value, dtype: str):
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if dtype in _FLOAT_LIMITS:
+    if dtype in _FLOAT_TYPES:
         if not is_number:
             raise _type_error(value, dtype)
-        exact, largest = _FLOAT_LIMITS[dtype]
-        lossy = (abs(value) > exact) if isinstance(value, int) else (
-            np.isfinite(value) and abs(value) > largest)
-        if lossy:
-            raise invalid_argument(
-                f"Cannot convert JSON value: {_value_string(value)} to "
-                f"{_TYPE_WORDS[dtype]} without loss of precision.")
-        return value
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: rounds to infinity
+            return float("inf") if value > 0 else float("-inf")
     if dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
         if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
@@ -523,133 +551,14 @@ def _scalar(value, dtype: str):
             raise _type_error(value, dtype)
         return value.encode("utf-8")
     raise ServingError(
-        "UNIMPLEMENTED", f"Conversion of JSON Value: {_value_string(value)} to type: {dtype}")
+        "UNIMPLEMENTED", f"Conversion of JSON Value: {value_string(value)} to type: {dtype}")
 
 
-def _decode_b64(value) -> bytes:
-    if not _is_b64(value):
+def decode_b64_object(value) -> bytes:
+    if not is_b64_object(value):
         raise invalid_argument(
-            f"JSON Value: {_value_string(value)} not formatted correctly for base64 data")
+            f"JSON Value: {value_string(value)} not formatted correctly for base64 data")
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError):
         raise invalid_argument("Unable to base64 decode") from None
-
-
-# ---------------------------------------------------------------------------
-# Answers: numpy -> JSON
-
-
-def to_json_value(arr: np.ndarray, name: str = ""):
-    """A numpy array as nested Python lists ready for `json.dumps`.
-
-    float32 values are written with their shortest exact decimal (0.2, not
-    0.20000000298023224), NaN / Infinity pass through, and string tensors whose
-    name ends in ``_bytes`` are written as ``{"b64": ...}`` (TF Serving's rule).
-    """
-    arr = np.asarray(arr)
-    if arr.dtype.kind == "f" and arr.dtype != np.float64:
-        # str(np.float32) is the shortest decimal that reads back to the same float32.
-        shortest = np.fromiter((float(str(v)) for v in arr.ravel()), dtype=np.float64,
-                               count=arr.size)
-        return shortest.reshape(arr.shape).tolist()
-    if arr.dtype.kind in "OSU":
-        as_b64 = name.endswith("_bytes")
-
-        def convert(v):
-            if isinstance(v, str):
-                v = v.encode("utf-8")
-            if as_b64:
-                return {"b64": base64.b64encode(v).decode("ascii")}
-            return v.decode("utf-8", errors="replace")
-
-        flat = [convert(v) for v in arr.ravel()]
-        return np.array(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
-    return arr.tolist()
-
-
-def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
-    """The JSON answer to a predict request in `fmt` (`ROW` or `COLUMNAR`).
-
-    Row format: ``{"predictions": [...]}``, one entry per instance, an object per
-    instance when there are several outputs. Columnar: ``{"outputs": ...}``. A
-    single output's name is dropped, as TF Serving does.
-    """
-    if not outputs:
-        raise invalid_argument("Cannot convert empty tensor map to JSON")
-    names = sorted(outputs)
-    if fmt == COLUMNAR:
-        if len(names) == 1:
-            body = {"outputs": to_json_value(outputs[names[0]], names[0])}
-        else:
-            body = {"outputs": {n: to_json_value(outputs[n], n) for n in names}}
-        return json.dumps(body).encode("utf-8")
-
-    batch = None
-    for n in names:
-        arr = np.asarray(outputs[n])
-        if arr.ndim == 0:
-            raise invalid_argument(f"Tensor name: {n} has no shape information ")
-        if arr.shape[0] < 1:
-            raise invalid_argument(f"Tensor name: {n} has invalid batch size: {arr.shape[0]}")
-        if batch is not None and arr.shape[0] != batch:
-            raise invalid_argument(
-                f"Tensor name: {n} has inconsistent batch size: {arr.shape[0]} expecting: {batch}")
-        batch = arr.shape[0]
-    columns = {n: to_json_value(outputs[n], n) for n in names}
-    if len(names) == 1:
-        predictions = columns[names[0]]
-    else:
-        predictions = [{n: columns[n][i] for n in names} for i in range(batch)]
-    return json.dumps({"predictions": predictions}).encode("utf-8")
-
-
-# ---------------------------------------------------------------------------
-# Client side: numpy -> request JSON, answer JSON -> numpy
-
-
-def input_to_json(arr) -> object:
-    """An input array as the JSON value a request carries (bytes as ``{"b64": ...}``)."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind in "OSU":
-        def convert(v):
-            if isinstance(v, bytes):
-                return {"b64": base64.b64encode(v).decode("ascii")}
-            return str(v)
-
-        flat = [convert(v) for v in arr.ravel()]
-        return np.array(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
-    # float32 -> Python float is exact; the extra digits are harmless for round trips.
-    return arr.tolist()
-
-
-def json_to_output(value, float_dtype=np.float32) -> np.ndarray:
-    """An answer's JSON value as an array: floats as `float_dtype`, b64 objects as bytes."""
-    if _contains_b64(value):
-        return _b64_tree(value)
-    arr = np.asarray(value)
-    if arr.dtype.kind == "f" and float_dtype is not None:
-        return arr.astype(float_dtype)
-    return arr
-
-
-def _contains_b64(value) -> bool:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return _is_b64(value)
-
-
-def _b64_tree(value) -> np.ndarray:
-    flat: list = []
-
-    def walk(v):
-        if isinstance(v, list):
-            for item in v:
-                walk(item)
-        else:
-            flat.append(base64.b64decode(v["b64"]) if _is_b64(v) else v)
-
-    walk(value)
-    arr = np.empty(len(flat), dtype=object)
-    arr[:] = flat
-    return arr.reshape(_dense_shape(value))

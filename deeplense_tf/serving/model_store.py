@@ -19,6 +19,7 @@ from deeplense_tf.errors import ConfigError
 from deeplense_tf.serving.batching import BatchingOptions
 from deeplense_tf.serving.config import ModelConfig
 from deeplense_tf.serving.metadata import metadata_json
+from deeplense_tf.serving.metrics import Metrics
 from deeplense_tf.serving.servable import DEFAULT_MAX_REQUEST_BATCH, DEFAULT_SIGNATURE, Servable
 from deeplense_tf.serving.status import invalid_argument, not_found
 
@@ -59,11 +60,13 @@ class ModelStore:
         max_load_attempts: loads tried for a broken version folder before waiting
             for its files to change.
         max_request_batch: most rows (images) one request may carry, REST and gRPC.
+        metrics: where requests and batch sizes are counted (a new `Metrics` if None).
     """
 
     def __init__(self, models: list[ModelConfig], *, poll_interval_s: float = 1.0,
                  batching: BatchingOptions | None = None, max_load_attempts: int = 3,
-                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH):
+                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH,
+                 metrics: Metrics | None = None):
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names must be unique, got {names}")
@@ -74,6 +77,7 @@ class ModelStore:
         if int(max_request_batch) < 1:
             raise ConfigError(f"--max-request-batch must be >= 1, got {max_request_batch}")
         self.max_request_batch = int(max_request_batch)
+        self.metrics = metrics if metrics is not None else Metrics()
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -164,8 +168,9 @@ class ModelStore:
             with self._lock:
                 state.history[version] = {"state": "LOADING", "error_code": "OK", "error_message": ""}
             try:
-                servable = Servable(name, version, path, self.batching,
-                                    max_request_batch=self.max_request_batch)
+                servable = Servable(
+                    name, version, path, self.batching, max_request_batch=self.max_request_batch,
+                    on_batch=lambda rows, _n=name, _v=version: self.metrics.record_batch(_n, _v, rows))
             except Exception as err:  # noqa: BLE001 - a broken folder must not stop the others
                 state.failures[version] = (attempts + 1, fingerprint)
                 message = f"Failed to load version {version} of model {name} from {path}: {err}"

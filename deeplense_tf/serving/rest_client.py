@@ -20,10 +20,19 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from deeplense_tf.serving.json_tensors import input_to_json, json_to_output
+from deeplense_tf.serving.json_answers import input_to_json, json_to_output
 from deeplense_tf.serving.metadata import parse_metadata, parse_status
 from deeplense_tf.serving.status import ServingError, code_for_http_status
 from deeplense_tf.serving.status import wait_until_available as wait_for_version
+
+try:  # the `serving` extra; without it bodies are written by the json module
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - installed with the serving extra
+    _orjson = None
+
+
+_ORJSON_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint8,
+                                        np.bool_)}
 
 
 class RestClient:
@@ -86,6 +95,9 @@ class RestClient:
         body: dict = {}
         if signature:
             body["signature_name"] = signature
+        fast = _fast_encode(inputs, signature, columnar)
+        if fast is not None:
+            return fast
         if isinstance(inputs, dict):
             columns = {k: input_to_json(v) for k, v in inputs.items()}
             if columnar:
@@ -229,6 +241,24 @@ class RestClient:
                 attempt += 1
                 continue
             return response.status, data
+
+
+def _fast_encode(inputs, signature: str | None, columnar: bool) -> bytes | None:
+    """The request body written by orjson straight from the array, None to use json.
+
+    A 64x64 image as nested Python lists costs ~2 ms to build and dump; orjson writes the
+    float32 array itself (its shortest exact decimal) in a few tens of microseconds. Only
+    for one finite numeric array: orjson writes NaN as null, and TF Serving's JSON wants
+    the NaN / Infinity tokens the json module writes.
+    """
+    if _orjson is None or isinstance(inputs, dict):
+        return None
+    arr = np.asarray(inputs)
+    if arr.dtype not in _ORJSON_DTYPES or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        return None
+    body = {"signature_name": signature} if signature else {}
+    body["inputs" if columnar else "instances"] = np.ascontiguousarray(arr)
+    return _orjson.dumps(body, option=_orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _error_message(data: bytes) -> str:

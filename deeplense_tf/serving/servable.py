@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,12 @@ log = logging.getLogger("deeplense_tf.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_REQUEST_BATCH = 1024  # rows per request; ~16 MB of float32 64x64 images
+# TF Serving's signature keys for Classify and Regress (signature_constants.h).
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+REGRESS_INPUTS = "inputs"
+REGRESS_OUTPUTS = "outputs"
 _MAX_SCHEDULERS = 32  # per version; distinct input shapes beyond this run unbatched
 
 
@@ -70,6 +77,20 @@ def read_signature_defs(path: str | Path) -> dict:
     return {k: v for k, v in graphs[0].signature_def.items() if not k.startswith("__")}
 
 
+def _debug_string(proto) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(proto, as_one_line=True)
+
+
+def _examples_array(examples: list[bytes]) -> np.ndarray:
+    if not examples:
+        raise invalid_argument("Input is empty.")
+    arr = np.empty(len(examples), dtype=object)
+    arr[:] = examples
+    return arr
+
+
 def _clean_tf_message(message: str) -> str:
     """The kernel's own words from an eager TF error (drops 'Graph execution error' framing)."""
     kept = []
@@ -93,7 +114,8 @@ class Servable:
 
     def __init__(self, name: str, version: int, path: str | Path,
                  batching: BatchingOptions | None = None, *,
-                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH):
+                 max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH,
+                 on_batch: Callable[[int], None] | None = None):
         import tensorflow as tf
         from google.protobuf import json_format
 
@@ -119,6 +141,7 @@ class Servable:
         self._functions = {k: self._loaded.signatures[k] for k in self.signatures}
         self._batching = batching
         self.max_request_batch = int(max_request_batch)
+        self._on_batch = on_batch
         self._schedulers: dict[tuple, BatchScheduler] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -183,6 +206,86 @@ class Servable:
             outputs = {k: outputs[k] for k in wanted}
         return outputs
 
+    def classify(self, signature: str, examples: list[bytes]) -> list[list[tuple[bytes, float]]]:
+        """Runs a classification signature on serialized tf.Examples.
+
+        Returns, per example, its (label, score) pairs; the label is b"" when the signature
+        has no ``classes`` output and the score 0.0 when it has no ``scores`` (TF Serving's
+        classifier.cc, with its messages for a signature or outputs of the wrong form).
+        """
+        sig, proto = self._example_signature(signature)
+        if len(proto.inputs) != 1:
+            raise invalid_argument("Expected one input Tensor.")
+        if len(proto.outputs) not in (1, 2):
+            raise invalid_argument(
+                f"Expected one or two output Tensors, found {len(proto.outputs)}")
+        if CLASSIFY_INPUTS not in proto.inputs:
+            raise invalid_argument(
+                f"No classification inputs found in SignatureDef: {_debug_string(proto)}")
+        if CLASSIFY_CLASSES not in proto.outputs and CLASSIFY_SCORES not in proto.outputs:
+            raise invalid_argument(
+                'Expected classification signature outputs to contain at least one of "classes" '
+                f'or "scores". Signature was: {_debug_string(proto)}')
+        outputs = self._call(sig.name, {CLASSIFY_INPUTS: _examples_array(examples)})
+        classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
+        count = len(examples)
+        for tensor, what, dtype in ((classes, "classes", "DT_STRING"), (scores, "scores", "DT_FLOAT")):
+            if tensor is None:
+                continue
+            if tensor.ndim != 2:
+                raise invalid_argument("Expected Tensor shape: [batch_size num_classes] but got "
+                                       f"{shape_string(tensor.shape)}")
+            if (dtype == "DT_STRING") != (tensor.dtype.kind in "OSU") or (
+                    dtype == "DT_FLOAT" and tensor.dtype != np.float32):
+                raise invalid_argument(f"Expected {what} Tensor of {dtype}. Got: {tensor.dtype.name}")
+            if tensor.shape[0] != count:
+                raise invalid_argument(f"Expected {what} output batch size of {count}. "
+                                       f"Got: {tensor.shape[0]}")
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise invalid_argument("Tensors class and score should match in dim_size(1). Got "
+                                   f"{classes.shape[1]} vs. {scores.shape[1]}")
+        width = (classes if classes is not None else scores).shape[1]
+        return [[(bytes(classes[i, c]) if classes is not None else b"",
+                  float(scores[i, c]) if scores is not None else 0.0) for c in range(width)]
+                for i in range(count)]
+
+    def regress(self, signature: str, examples: list[bytes]) -> list[float]:
+        """Runs a regression signature on serialized tf.Examples; one float per example.
+
+        TF Serving's regressor.cc: one ``inputs`` input, one ``outputs`` output of shape
+        [batch] or [batch, 1], float32.
+        """
+        sig, proto = self._example_signature(signature)
+        if len(proto.inputs) != 1:
+            raise invalid_argument("Expected one input Tensor.")
+        if len(proto.outputs) != 1:
+            raise invalid_argument("Expected one output Tensor.")
+        if REGRESS_INPUTS not in proto.inputs:
+            raise invalid_argument(
+                f"No regression inputs found in SignatureDef: {_debug_string(proto)}")
+        if REGRESS_OUTPUTS not in proto.outputs:
+            raise invalid_argument(
+                f"No regression outputs found in SignatureDef: {_debug_string(proto)}")
+        values = self._call(sig.name, {REGRESS_INPUTS: _examples_array(examples)})[REGRESS_OUTPUTS]
+        count = len(examples)
+        if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+            raise invalid_argument(
+                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but "
+                f"got {shape_string(values.shape)}")
+        if values.shape[0] != count:
+            raise invalid_argument(
+                f"Input batch size did not match output batch size: {count} vs. {values.shape[0]}")
+        if values.dtype != np.float32:
+            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype.name}")
+        return [float(v) for v in values.reshape(-1)]
+
+    def _example_signature(self, name: str):
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            raise invalid_argument(f"No signature was found with the name: {key}")
+        return sig, self.signature_defs[key]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -208,7 +311,7 @@ class Servable:
             raise invalid_argument(
                 f"Request inputs do not match required inputs for model `{self.name}`. "
                 f"Send extra: {{}}. Missing but required: {{{','.join(missing)}}}.")
-        checked, rows = {}, None
+        checked = {}
         for key in sorted(inputs):
             info = sig.inputs[key]
             arr = np.asarray(inputs[key])
@@ -218,29 +321,20 @@ class Servable:
                 raise invalid_argument(
                     f"input '{key}' has dtype {arr.dtype.name} but signature '{sig.name}' "
                     f"expects {info.dtype}")
-            if info.shape is not None and (
-                    arr.ndim != len(info.shape)
-                    or any(d is not None and d != a for d, a in zip(info.shape, arr.shape))):
+            # Shapes are the graph's business, as in TF Serving: a signature declaring
+            # [-1, 1] may well accept [[1, 2], [3, 4]], and the export checks its own
+            # sizes in the graph with messages that name the problem.
+            if arr.ndim >= 1 and arr.shape[0] > self.max_request_batch:
                 raise invalid_argument(
-                    f"input '{key}' has shape {shape_string(arr.shape)} but signature "
-                    f"'{sig.name}' expects {shape_string(info.shape)}")
-            if arr.ndim >= 1:
-                if arr.shape[0] == 0:
-                    raise invalid_argument(f"input '{key}' is an empty batch (0 rows)")
-                if arr.shape[0] > self.max_request_batch:
-                    raise invalid_argument(
-                        f"input '{key}' has {arr.shape[0]} rows; at most {self.max_request_batch} "
-                        "per request (--max-request-batch)")
-                if rows is not None and arr.shape[0] != rows:
-                    raise invalid_argument(
-                        f"inputs have different batch sizes: '{key}' has {arr.shape[0]} rows, "
-                        f"others {rows}")
-                rows = arr.shape[0]
+                    f"input '{key}' has {arr.shape[0]} rows; at most {self.max_request_batch} "
+                    "per request (--max-request-batch)")
             checked[key] = arr
         return checked
 
     def _scheduler(self, signature: str, inputs: dict[str, np.ndarray]) -> BatchScheduler | None:
-        if any(a.ndim == 0 for a in inputs.values()):
+        # Only requests whose inputs share one first dimension can be cut back apart.
+        rows = {a.shape[0] if a.ndim else None for a in inputs.values()}
+        if len(rows) != 1 or None in rows or 0 in rows:
             return None
         key = (signature,) + tuple(
             (k, a.shape[1:], a.dtype.str) for k, a in sorted(inputs.items()))
@@ -251,7 +345,7 @@ class Servable:
             if scheduler is None and len(self._schedulers) < _MAX_SCHEDULERS:
                 scheduler = BatchScheduler(
                     lambda arrays, _s=signature: self._call(_s, arrays), self._batching,
-                    name=f"{self.name}-{self.version}-{signature}")
+                    name=f"{self.name}-{self.version}-{signature}", on_batch=self._on_batch)
                 self._schedulers[key] = scheduler
             return scheduler
 

@@ -8,9 +8,12 @@ dashboards written against it work unchanged against ``tensorflow/serving``.
 
 `ModelServer` only composes the pieces, each in its own module (lowest first):
 
-- ``config``: what to serve (`ModelConfig`, TF Serving's model config file, labels);
-- ``servable``: one loaded version (signatures, input checks, the TensorFlow call);
-- ``batching``: dynamic batching of concurrent requests;
+- ``status``: error codes; ``json_tensors`` / ``json_answers`` / ``examples_json``: TF
+  Serving's JSON for predict requests, answers, and classify / regress bodies;
+- ``config``: what to serve (`ModelConfig`, TF Serving's model and monitoring config files,
+  labels); ``batching``: dynamic batching; ``metrics``: Prometheus counters and histograms;
+- ``servable``: one loaded version (signatures, input checks, the TensorFlow call,
+  Classify and Regress);
 - ``model_store``: versions on disk -> servables, polling, hot reload, lookups;
 - ``rest_api``: TF Serving's REST API as (method, path, body) -> (status, JSON);
 - ``http_server``: the HTTP/1.1 plumbing and its limits; ``grpc_server``: the gRPC API.
@@ -46,13 +49,16 @@ class ModelServer:
         max_request_bytes: largest request body (REST) or message (gRPC) accepted.
         read_timeout_s: seconds a REST connection has to deliver each complete request.
         max_connections: REST connections served at once (see `http_server`).
+        prometheus_path: URL path of the Prometheus metrics (TF Serving's monitoring
+            config), None for none.
     """
 
     def __init__(self, store: ModelStore, *, host: str = "127.0.0.1", rest_port: int = 8501,
                  grpc_port: int | None = 8500,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, grpc_max_workers: int = 32,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 prometheus_path: str | None = None):
         self.store = store
         self.host = host
         self.rest_port = rest_port
@@ -61,6 +67,7 @@ class ModelServer:
         self.grpc_max_workers = int(grpc_max_workers)
         self.read_timeout_s = float(read_timeout_s)
         self.max_connections = int(max_connections)
+        self.prometheus_path = prometheus_path
         self._http: RestHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self._grpc = None
@@ -84,7 +91,7 @@ class ModelServer:
             return self
         self.store.start()
         try:
-            self._http = RestHTTPServer((self.host, self.rest_port), RestApi(self.store),
+            self._http = RestHTTPServer((self.host, self.rest_port), RestApi(self.store, self.prometheus_path),
                                         self.max_request_bytes, read_timeout_s=self.read_timeout_s,
                                         max_connections=self.max_connections)
         except OSError as err:
