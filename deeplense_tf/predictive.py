@@ -176,10 +176,25 @@ class Predictive:
     def log_density_grid(self, grid) -> np.ndarray:
         """`[N, G]`: each example's log density at every value of `grid` `[G]`."""
         grid = np.asarray(grid, dtype=np.float64).reshape(-1)
-        out = np.empty((len(self), grid.size))
-        # One grid point at a time keeps memory at [K, N], not [K, N, G].
-        for j, value in enumerate(grid):
-            out[:, j] = self.logpdf(np.full(len(self), value))
+        k, n = self.mean.shape
+        out = np.empty((n, grid.size))
+        mean = np.nan_to_num(self.mean)[..., None]
+        std = np.maximum(np.nan_to_num(self.std, nan=1.0), _TINY_STD)[..., None]
+        df = None if self.df is None else self.df[..., None]
+        scale = std if df is None else std * np.sqrt((df - 2.0) / df)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self._weights())[..., None]
+        # Grid chunks of ~4M values of [K, N, chunk] bound the memory.
+        chunk = max(1, 4_000_000 // max(k * n, 1))
+        for start in range(0, grid.size, chunk):
+            z = (grid[None, None, start : start + chunk] - mean) / scale
+            if df is None:
+                part = -0.5 * np.square(z) - 0.5 * np.log(2.0 * np.pi) - np.log(scale)
+            else:
+                part = (special.gammaln(0.5 * (df + 1.0)) - special.gammaln(0.5 * df)
+                        - 0.5 * np.log(df * np.pi) - np.log(scale)
+                        - 0.5 * (df + 1.0) * np.log1p(np.square(z) / df))
+            out[:, start : start + chunk] = special.logsumexp(part + log_w, axis=0)
         return out
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,12 @@ import pytest
 from scipy import stats
 
 from deeplense_tf.errors import DataError
-from deeplense_tf.evaluation.population import combine_posteriors, summarise
+from deeplense_tf.evaluation.population import (
+    combine_posteriors,
+    summarise,
+    truncated_normal_moments,
+    untruncate,
+)
 from deeplense_tf.predictive import Predictive
 
 
@@ -20,7 +25,8 @@ def test_gaussian_lenses_under_a_uniform_prior_give_the_analytic_product():
     rng = np.random.default_rng(1)
     means = rng.normal(-23.0, 0.1, size=40)
     stds = rng.uniform(0.08, 0.25, size=40)  # single lenses 4+ std from the range's edges
-    posterior = combine_posteriors(Predictive(means, stds), (-24.0, -22.0), grid_size=4001)
+    posterior = combine_posteriors(Predictive(means, stds), (-24.0, -22.0), grid_size=4001,
+                                   edge_correction=False)
     precision = np.sum(1.0 / stds**2)
     expected_mean = np.sum(means / stds**2) / precision
     expected_std = 1.0 / math.sqrt(precision)
@@ -60,11 +66,49 @@ def test_dividing_out_a_gaussian_training_prior():
 
 
 def test_a_posterior_at_the_prior_edge_is_truncated_there():
-    posterior = combine_posteriors(Predictive([-22.0], [0.3]), (-24.0, -22.0))
+    posterior = combine_posteriors(Predictive([-22.0], [0.3]), (-24.0, -22.0), edge_correction=False)
     got = posterior.summary()
     # Half-normal on the left of -22: mean -22 - s sqrt(2/pi).
     assert got["mean"] == pytest.approx(-22.0 - 0.3 * math.sqrt(2 / math.pi), abs=1e-3)
     assert got["interval_95"][1] <= -22.0
+
+
+def test_truncated_normal_moments_and_their_inverse():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-24.6, -21.4, 4000)
+    s = rng.uniform(0.02, 0.5, 4000)
+    mean, var = truncated_normal_moments(a, s, -24.0, -22.0)
+    ref_mean, ref_var = stats.truncnorm.stats((-24 - a[:40]) / s[:40], (-22 - a[:40]) / s[:40],
+                                              loc=a[:40], scale=s[:40], moments="mv")
+    np.testing.assert_allclose(mean[:40], ref_mean, rtol=1e-12)
+    np.testing.assert_allclose(var[:40], ref_var, rtol=1e-9)
+    a_back, s_back = untruncate(mean, np.sqrt(var), -24.0, -22.0)
+    # Up to 12 stds outside the range the truncated moments still pin (a, s) down.
+    ok = np.minimum(a - -24.0, -22.0 - a) / s > -12
+    assert np.percentile(np.abs(a_back - a)[ok] / s[ok], 99) < 1e-6
+    assert np.percentile(np.abs(s_back / s - 1)[ok], 99) < 1e-6
+
+
+def test_edge_correction_removes_the_truncation_bias():
+    # Every lens's likelihood is N(a_i, 0.1) around a shared value at the edge, -24; the
+    # per-lens posterior (uniform prior) is that Gaussian truncated at -24, which an ML-
+    # trained head reports as a Gaussian with the truncated mean and std. The corrected
+    # product equals the product of the likelihoods truncated to the range; the plain
+    # product is pulled inwards.
+    rng = np.random.default_rng(3)
+    n, s, truth = 50, 0.1, -24.0
+    a = truth + s * rng.standard_normal(n)
+    mean, var = truncated_normal_moments(a, np.full(n, s), -24.0, -22.0)
+    reported = Predictive(mean, np.sqrt(var))
+    expected_mean, _ = truncated_normal_moments(np.array([a.mean()]), np.array([s / math.sqrt(n)]), -24.0, -22.0)
+    corrected = combine_posteriors(reported, (-24.0, -22.0), grid_size=8001).summary()
+    plain = combine_posteriors(reported, (-24.0, -22.0), grid_size=8001, edge_correction=False).summary()
+    assert corrected["mean"] == pytest.approx(float(expected_mean[0]), abs=2e-4)
+    assert plain["mean"] - truth > 0.05 > corrected["mean"] - truth
+    # Lenses far from the edges are left as they are.
+    inner = Predictive([-23.0, -22.9], [0.05, 0.08])
+    same = combine_posteriors(inner, (-24.0, -22.0)).summary()
+    assert same == combine_posteriors(inner, (-24.0, -22.0), edge_correction=False).summary()
 
 
 def test_bad_inputs_are_data_errors():
@@ -129,3 +173,12 @@ def test_coverage_of_draws_from_the_distribution_is_nominal():
     assert t_cov == pytest.approx(levels, abs=0.01)
     g_cov = Predictive(np.zeros(n), std).central_coverage(y, levels)
     assert g_cov[0] > 0.75 and g_cov[2] < 0.98
+
+
+def test_log_density_grid_equals_logpdf_point_by_point():
+    grid = np.linspace(-1.0, 1.0, 7)
+    for pred in (Predictive([[0.1, -0.3], [0.2, np.nan]], [[0.2, 0.5], [0.3, 0.1]]),
+                 Predictive([0.1, -0.3], [0.2, 0.5], [3.0, 30.0])):
+        got = pred.log_density_grid(grid)
+        for j, value in enumerate(grid):
+            np.testing.assert_allclose(got[:, j], pred.logpdf(np.full(2, value)), rtol=1e-12)

@@ -9,10 +9,19 @@ For independent lenses that share θ, with a population prior π_pop,
 
 evaluated on a grid over π_train's support (outside it no lens was trained, and the
 true per-lens posterior is zero there). With both priors uniform over the training
-range the prior terms are constant inside it and the combination is the product of
-the per-lens densities, truncated to the range. See docs/population.md for the
-assumptions (independence, calibrated per-lens posteriors, the prior division, the
-floor set by model systematics).
+range the prior terms are constant inside it.
+
+Near the prior's edges a uniform prior is not divided out by a constant: the true
+posterior L_i π_train is L_i *truncated* at the edge, and a head trained by maximum
+likelihood reports that truncated posterior's mean and spread (moved inwards), not L_i's.
+Multiplying such q_i gives a product biased inwards at every N. `edge_correction` (on by
+default for the uniform prior) undoes the truncation: it finds the Gaussian N(a_i, s_i)
+whose truncation to the range has q_i's mean and std (Newton on the truncated-normal
+moments) and maps q_i onto it (shift and stretch, so a Student-t's or a mixture's shape is
+kept): q_i / π_train recovered as a likelihood that may peak at or beyond the edge. Lenses
+far inside the range are left unchanged. See docs/population.md for the assumptions
+(independence, calibrated per-lens posteriors, the prior division, the floor set by
+model systematics).
 
     from deeplense_tf.evaluation.population import combine_posteriors
     result = combine_posteriors(predictive, prior_range=(-24.0, -22.0))
@@ -29,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from deeplense_tf.errors import DataError, RunError
 from deeplense_tf.predictive import Predictive
@@ -61,6 +71,79 @@ def summarise(grid, log_density) -> dict:
         hi = float(np.interp(0.5 + level / 2.0, cdf, grid))
         out[f"interval_{round(level * 100):d}"] = [lo, hi]
     return out
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# Lenses whose mean lies this many stds inside both edges are not corrected: the truncation
+# moves their moments by less than 1e-14 of a std.
+_EDGE_STDS = 8.0
+
+
+def truncated_normal_moments(a, s, lo: float, hi: float):
+    """Mean and variance of N(a, s²) truncated to [lo, hi] (arrays), stable far in the tails.
+
+    Z = Φ(β) - Φ(α) is taken in log space from the tail away from the mass (so a far
+    below `lo` still gives Z > 0), and the moments from φ/Z ratios.
+    """
+    a, s = np.asarray(a, np.float64), np.asarray(s, np.float64)
+    alpha, beta = (lo - a) / s, (hi - a) / s
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lower_tail = special.log_ndtr(beta) + np.log1p(-np.exp(special.log_ndtr(alpha) - special.log_ndtr(beta)))
+        upper_tail = special.log_ndtr(-alpha) + np.log1p(-np.exp(special.log_ndtr(-beta) - special.log_ndtr(-alpha)))
+        log_z = np.where(alpha > 0, upper_tail, lower_tail)
+        ratio_a = np.exp(-0.5 * alpha**2 - _HALF_LOG_2PI - log_z)
+        ratio_b = np.exp(-0.5 * beta**2 - _HALF_LOG_2PI - log_z)
+    mean = a + s * (ratio_a - ratio_b)
+    var = s**2 * (1.0 + alpha * ratio_a - beta * ratio_b - (ratio_a - ratio_b) ** 2)
+    return mean, var
+
+
+def untruncate(mean, std, lo: float, hi: float, iterations: int = 40):
+    """`(a, s)` such that N(a, s²) truncated to [lo, hi] has `mean` and `std` (arrays).
+
+    Newton on (a, log s) with a finite-difference Jacobian, steps limited to one std in
+    a and a factor e in s. A mean at or outside an edge is first moved 1% of a std inside
+    (a truncated law's mean lies inside); s is capped at 100 range widths (a nearly flat
+    likelihood).
+    """
+    m = np.clip(np.asarray(mean, np.float64), lo + 0.01 * np.asarray(std), hi - 0.01 * np.asarray(std))
+    target = np.stack([m, np.log(np.asarray(std, np.float64))])
+    a, log_s = target[0].copy(), target[1].copy()
+    cap = math.log(100.0 * (hi - lo))
+
+    def moments(a, log_s):
+        mu, var = truncated_normal_moments(a, np.exp(log_s), lo, hi)
+        return np.stack([mu, 0.5 * np.log(np.maximum(var, 1e-300))])
+
+    for _ in range(iterations):
+        step = 1e-6
+        f = moments(a, log_s) - target
+        d_a = (moments(a + step * np.exp(log_s), log_s) - target - f) / (step * np.exp(log_s))
+        d_s = (moments(a, log_s + step) - target - f) / step
+        with np.errstate(divide="ignore", invalid="ignore"):
+            det = d_a[0] * d_s[1] - d_s[0] * d_a[1]
+            delta_a = -(d_s[1] * f[0] - d_s[0] * f[1]) / det
+            delta_s = -(-d_a[1] * f[0] + d_a[0] * f[1]) / det
+            limit = np.minimum(1.0, 1.0 / np.maximum(np.abs(delta_a) / np.exp(log_s), np.abs(delta_s)))
+        limit = np.where(np.isfinite(limit), limit, 0.0)
+        a = a + limit * np.nan_to_num(delta_a)
+        log_s = np.minimum(log_s + limit * np.nan_to_num(delta_s), cap)
+    return a, np.exp(log_s)
+
+
+def likelihood_from_posterior(predictive: Predictive, prior_range) -> Predictive:
+    """Each lens's posterior under a uniform prior on `prior_range`, turned into its
+    likelihood: the truncation at the edges undone (`untruncate`), the distribution's
+    shape kept (every component shifted and stretched by the same map)."""
+    lo, hi = (float(v) for v in prior_range)
+    mean, std = predictive.moments()
+    near = (mean - lo < _EDGE_STDS * std) | (hi - mean < _EDGE_STDS * std)
+    a, s = mean.copy(), std.copy()
+    if near.any():
+        a[near], s[near] = untruncate(mean[near], std[near], lo, hi)
+    stretch = s / std
+    components = a + (predictive.mean - mean) * stretch
+    return Predictive(components, predictive.std * stretch, predictive.df)
 
 
 @dataclass
@@ -112,6 +195,7 @@ def combine_posteriors(
     grid_size: int = DEFAULT_GRID,
     log_train_prior=None,
     log_population_prior=None,
+    edge_correction: bool = True,
 ) -> PopulationPosterior:
     """Combine N per-lens posteriors into the posterior of one shared value.
 
@@ -123,6 +207,9 @@ def combine_posteriors(
             uniform over `prior_range` (constant: dividing it out changes nothing inside).
         log_population_prior: callable `grid -> [G]` log π_pop; default uniform over
             `prior_range`.
+        edge_correction: with the uniform training prior, undo the truncation of the
+            per-lens posteriors at the range's edges (`likelihood_from_posterior`).
+            Ignored with `log_train_prior` (that prior is divided out as given).
 
     Returns:
         `PopulationPosterior`. Raises DataError when there is no lens.
@@ -135,6 +222,8 @@ def combine_posteriors(
     if grid_size < 3:
         raise DataError(f"population inference: grid_size must be at least 3, got {grid_size}")
     grid = np.linspace(lo, hi, int(grid_size))
+    if edge_correction and log_train_prior is None:
+        predictive = likelihood_from_posterior(predictive, (lo, hi))
     per_lens = predictive.log_density_grid(grid)
     if log_train_prior is not None:
         per_lens = per_lens - np.asarray(log_train_prior(grid), np.float64)[None, :]
@@ -183,6 +272,7 @@ def infer_population(
     prior_range=None,
     grid_size: int = DEFAULT_GRID,
     batch_size: int = 256,
+    edge_correction: bool = True,
 ) -> tuple[dict, PopulationPosterior]:
     """Predict every lens of `examples` with `run` and combine them for `target`.
 
@@ -215,7 +305,8 @@ def infer_population(
         prior_source = "uniform, given"
     prediction = run.predict(images, batch_size=batch_size, tta=tta)[target]
     predictive = Predictive.from_prediction(prediction)
-    posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size)
+    posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size,
+                                   edge_correction=edge_correction)
     result = {
         "data": str(examples.source),
         "target": target,
@@ -223,6 +314,7 @@ def infer_population(
         "tta": bool(tta),
         "family": predictive.family,
         "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
+        "edge_correction": bool(edge_correction),
         "grid": int(grid_size),
         "posterior": posterior.summary(),
         "narrowing": posterior.narrowing(),

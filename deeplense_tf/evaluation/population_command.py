@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.evaluation.population import DEFAULT_GRID
+from deeplense_tf.files import write_text_atomic
 
 RESULT_NAME = "population.json"
 PLOT_NAME = "population.png"
@@ -34,34 +35,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="support of the (uniform) training prior (default: the run's preset)")
     parser.add_argument("--grid", type=int, default=DEFAULT_GRID,
                         help=f"grid points over the prior range (default: {DEFAULT_GRID})")
+    parser.add_argument("--no-edge-correction", action="store_true",
+                        help="multiply the per-lens posteriors as they are, without undoing their "
+                        "truncation at the prior's edges (docs/population.md)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/population)")
 
 
 def infer_population_command(run_path, data, *, split="test", limit=None, target=None, tta=False,
                              prior_range=None, grid=DEFAULT_GRID, batch_size=256, out=None,
-                             verbose=True) -> dict:
+                             edge_correction=True, verbose=True) -> dict:
     """What `deeplense infer-population` does, callable from Python; returns population.json's dict
     with `written` added."""
     from deeplense_tf.data import load_examples
     from deeplense_tf.evaluation.metrics import to_jsonable
     from deeplense_tf.evaluation.population import infer_population, plot_population
-    from deeplense_tf.training.run import Run
+    from deeplense_tf.runs import Run
 
     if grid < 3:
         raise ConfigError(f"--grid must be at least 3, got {grid}")
     run = Run.load(run_path)
     examples = load_examples(str(data), split=split, limit=limit)
     result, posterior = infer_population(run, examples, target=target, tta=tta, prior_range=prior_range,
-                                         grid_size=grid, batch_size=batch_size)
+                                         grid_size=grid, batch_size=batch_size,
+                                         edge_correction=edge_correction)
     result = {"run": str(run_path), "split": split, **result}
     out_dir = Path(out) if out is not None else Path(run_path) / "population"
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_population(result, posterior, out_dir / PLOT_NAME)
     path = out_dir / RESULT_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(to_jsonable(result), indent=2) + "\n")
     if verbose:
         s = result["posterior"]
         lo68, hi68 = s["interval_68"]
@@ -85,5 +88,6 @@ def run(args) -> int:
     infer_population_command(
         args.run, args.data, split=args.split, limit=args.limit, target=args.target, tta=args.tta,
         prior_range=args.prior_range, grid=args.grid, batch_size=args.batch_size, out=args.out,
+        edge_correction=not args.no_edge_correction,
     )
     return 0
