@@ -17,6 +17,7 @@ which is a run folder: `model.keras`, `config.yaml`, `metrics.json`, `history.cs
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import keras_tuner
 import numpy as np
 
@@ -91,6 +93,10 @@ class DeepLenseTuner(keras_tuner.Tuner):
         record = {"tuner_id": self.tuner_id, "host": socket.gethostname(), "pid": os.getpid()}
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         write_text_atomic(trial_dir / TRIAL_RECORD_FILE, json.dumps(record) + "\n")
+        # As KerasTuner does before each build: the previous trials' models and graphs go,
+        # so a long search does not grow in memory.
+        keras.backend.clear_session()
+        gc.collect()
         values = dict(trial.hyperparameters.values)
         previous = values.get("tuner/trial_id")
         init_from = Path(self.get_trial_dir(previous)) if previous else None
