@@ -92,3 +92,14 @@ def test_infer_population_bad_input_is_one_line(t_run, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lo < hi" in err[0]
+
+
+def test_infer_population_with_a_systematic_floor(t_run, capsys):
+    out = t_run["root"] / "population-floor"
+    base = ["infer-population", "--run", str(t_run["run"]), "--data", str(t_run["shared"]), "--grid", "401"]
+    assert main(base + ["--out", str(out), "--systematic", "0.05", "--no-edge-correction"]) == 0
+    result = json.loads((out / "population.json").read_text())
+    assert result["systematic_std"] == 0.05 and result["edge_correction"] is False
+    assert result["posterior"]["std"] > 0.05 * 0.9
+    assert main(base + ["--systematic", "lots"]) == 1
+    assert "--systematic must be a number" in capsys.readouterr().err

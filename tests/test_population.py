@@ -13,6 +13,7 @@ from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.population import (
     combine_posteriors,
     summarise,
+    systematic_floor,
     truncated_normal_moments,
     untruncate,
 )
@@ -182,3 +183,21 @@ def test_log_density_grid_equals_logpdf_point_by_point():
         got = pred.log_density_grid(grid)
         for j, value in enumerate(grid):
             np.testing.assert_allclose(got[:, j], pred.logpdf(np.full(2, value)), rtol=1e-12)
+
+
+def test_a_shared_systematic_is_integrated_out_and_measured():
+    # Product N(mu, 0.01) convolved with N(0, 0.03): std sqrt(0.01^2 + 0.03^2), same mean.
+    means, stds = np.full(25, -23.0), np.full(25, 0.05)
+    got = combine_posteriors(Predictive(means, stds), (-24.0, -22.0), grid_size=8001,
+                             systematic_std=0.03).summary()
+    assert got["mean"] == pytest.approx(-23.0, abs=1e-6)
+    assert got["std"] == pytest.approx(math.hypot(0.01, 0.03), rel=2e-3)
+    widths = [r["std"] for r in combine_posteriors(Predictive(means, stds), (-24.0, -22.0),
+                                                   systematic_std=0.03).narrowing()]
+    assert widths[-1] > 0.03 and widths[0] > widths[-1]
+    # Floor: RMS of per-bin mean errors (+0.1 in one half of the range, -0.05 in the other).
+    truth = np.linspace(-24, -22, 200)
+    pred = truth + np.where(truth < -23, 0.1, -0.05)
+    assert systematic_floor(truth, pred, bins=2) == pytest.approx(math.sqrt((0.01 + 0.0025) / 2))
+    with pytest.raises(DataError, match="systematic"):
+        combine_posteriors(Predictive(means, stds), (-24.0, -22.0), systematic_std=-1.0)

@@ -155,12 +155,17 @@ class PopulationPosterior:
         per_lens: `[N, G]` log of each lens's density ratio q_i / π_train on the grid.
         log_population_prior: `[G]` log π_pop (up to a constant).
         prior_range: `(lo, hi)` of the training prior.
+        systematic_std: std (physical units) of a bias shared by every lens (the model's
+            systematic error at the shared value), integrated out: the combined posterior
+            is convolved with N(0, systematic_std²), so its width stops shrinking at about
+            that floor instead of claiming a precision the model's bias does not allow.
     """
 
     grid: np.ndarray
     per_lens: np.ndarray
     log_population_prior: np.ndarray
     prior_range: tuple[float, float]
+    systematic_std: float = 0.0
 
     @property
     def lenses(self) -> int:
@@ -169,7 +174,23 @@ class PopulationPosterior:
     def log_posterior(self, n: int | None = None) -> np.ndarray:
         """`[G]` log posterior (unnormalised) from the first `n` lenses (default all)."""
         n = self.lenses if n is None else int(n)
-        return self.log_population_prior + self.per_lens[:n].sum(axis=0)
+        return self._with_systematic(self.log_population_prior + self.per_lens[:n].sum(axis=0))
+
+    def _with_systematic(self, log_post: np.ndarray) -> np.ndarray:
+        """The shared bias δ ~ N(0, systematic_std²) integrated out: the product of the
+        lenses' likelihoods, evaluated at θ + δ, convolved over δ (on the grid; the
+        range's edges still bound θ)."""
+        if self.systematic_std <= 0:
+            return log_post
+        from scipy.signal import fftconvolve
+
+        step = float(self.grid[1] - self.grid[0])
+        half = int(math.ceil(6.0 * self.systematic_std / step))
+        offsets = np.arange(-half, half + 1) * step
+        kernel = np.exp(-0.5 * (offsets / self.systematic_std) ** 2)
+        peak = np.max(log_post)
+        smeared = fftconvolve(np.exp(log_post - peak), kernel, mode="same")
+        return peak + np.log(np.maximum(smeared, 1e-300))
 
     def density(self, n: int | None = None) -> np.ndarray:
         """`[G]` normalised posterior density from the first `n` lenses."""
@@ -185,7 +206,8 @@ class PopulationPosterior:
         if counts is None:
             counts = sorted({*(2**k for k in range(int(math.log2(self.lenses)) + 1)), self.lenses})
         cumulative = self.log_population_prior + np.cumsum(self.per_lens, axis=0)
-        return [dict(n=int(n), **summarise(self.grid, cumulative[n - 1])) for n in counts]
+        return [dict(n=int(n), **summarise(self.grid, self._with_systematic(cumulative[n - 1])))
+                for n in counts]
 
 
 def combine_posteriors(
@@ -196,6 +218,7 @@ def combine_posteriors(
     log_train_prior=None,
     log_population_prior=None,
     edge_correction: bool = True,
+    systematic_std: float = 0.0,
 ) -> PopulationPosterior:
     """Combine N per-lens posteriors into the posterior of one shared value.
 
@@ -210,6 +233,9 @@ def combine_posteriors(
         edge_correction: with the uniform training prior, undo the truncation of the
             per-lens posteriors at the range's edges (`likelihood_from_posterior`).
             Ignored with `log_train_prior` (that prior is divided out as given).
+        systematic_std: the model's systematic error shared by all lenses (physical
+            units, 0 = none), integrated out (`PopulationPosterior.systematic_std`);
+            `systematic_floor` measures it on a labelled split.
 
     Returns:
         `PopulationPosterior`. Raises DataError when there is no lens.
@@ -230,8 +256,24 @@ def combine_posteriors(
     log_pop = np.zeros_like(grid) if log_population_prior is None else np.asarray(
         log_population_prior(grid), np.float64
     )
+    if not (math.isfinite(systematic_std) and systematic_std >= 0):
+        raise DataError(f"population inference: systematic std must be >= 0, got {systematic_std}")
     return PopulationPosterior(grid=grid, per_lens=per_lens, log_population_prior=log_pop,
-                               prior_range=(lo, hi))
+                               prior_range=(lo, hi), systematic_std=float(systematic_std))
+
+
+def systematic_floor(y_true, y_pred, bins: int = 8, value_range=None) -> float:
+    """The model's systematic error, for `systematic_std`: the root-mean-square over
+    equal-width bins of the true value of the mean error (pred - true) in each bin.
+
+    Measure it on a labelled split the population is not drawn from (validation): it is
+    what N lenses at one mass cannot average away. Empty bins are left out.
+    """
+    from deeplense_tf.evaluation.metrics import binned_metrics
+
+    rows = binned_metrics(y_true, y_pred, bins=bins, value_range=value_range)
+    biases = np.array([r["bias"] for r in rows if r["count"]], np.float64)
+    return float(np.sqrt(np.mean(biases**2))) if biases.size else float("nan")
 
 
 def training_prior_range(run, target: str) -> tuple[tuple[float, float], str]:
@@ -273,6 +315,7 @@ def infer_population(
     grid_size: int = DEFAULT_GRID,
     batch_size: int = 256,
     edge_correction: bool = True,
+    systematic_std: float = 0.0,
 ) -> tuple[dict, PopulationPosterior]:
     """Predict every lens of `examples` with `run` and combine them for `target`.
 
@@ -306,7 +349,7 @@ def infer_population(
     prediction = run.predict(images, batch_size=batch_size, tta=tta)[target]
     predictive = Predictive.from_prediction(prediction)
     posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size,
-                                   edge_correction=edge_correction)
+                                   edge_correction=edge_correction, systematic_std=systematic_std)
     result = {
         "data": str(examples.source),
         "target": target,
@@ -315,6 +358,7 @@ def infer_population(
         "family": predictive.family,
         "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
         "edge_correction": bool(edge_correction),
+        "systematic_std": float(systematic_std),
         "grid": int(grid_size),
         "posterior": posterior.summary(),
         "narrowing": posterior.narrowing(),

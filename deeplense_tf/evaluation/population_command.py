@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.evaluation.population import DEFAULT_GRID
 from deeplense_tf.files import write_text_atomic
@@ -38,13 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-edge-correction", action="store_true",
                         help="multiply the per-lens posteriors as they are, without undoing their "
                         "truncation at the prior's edges (docs/population.md)")
+    parser.add_argument("--systematic", default="0", metavar="DEX|auto",
+                        help="std of the model's bias shared by all lenses, integrated out (the floor "
+                        "of the combined width); 'auto' measures it on the run's validation split "
+                        "(default: 0)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/population)")
 
 
 def infer_population_command(run_path, data, *, split="test", limit=None, target=None, tta=False,
                              prior_range=None, grid=DEFAULT_GRID, batch_size=256, out=None,
-                             edge_correction=True, verbose=True) -> dict:
+                             edge_correction=True, systematic="0", verbose=True) -> dict:
     """What `deeplense infer-population` does, callable from Python; returns population.json's dict
     with `written` added."""
     from deeplense_tf.data import load_examples
@@ -55,10 +61,11 @@ def infer_population_command(run_path, data, *, split="test", limit=None, target
     if grid < 3:
         raise ConfigError(f"--grid must be at least 3, got {grid}")
     run = Run.load(run_path)
+    systematic_std = _systematic(run, systematic, target, tta, batch_size)
     examples = load_examples(str(data), split=split, limit=limit)
     result, posterior = infer_population(run, examples, target=target, tta=tta, prior_range=prior_range,
                                          grid_size=grid, batch_size=batch_size,
-                                         edge_correction=edge_correction)
+                                         edge_correction=edge_correction, systematic_std=systematic_std)
     result = {"run": str(run_path), "split": split, **result}
     out_dir = Path(out) if out is not None else Path(run_path) / "population"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,10 +91,32 @@ def infer_population_command(run_path, data, *, split="test", limit=None, target
     return dict(result, written=[str(path), str(plot)])
 
 
+def _systematic(run, value, target, tta, batch_size) -> float:
+    """`--systematic`: a number (dex), or 'auto' = `systematic_floor` on the run's val split."""
+    if str(value).strip().lower() != "auto":
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"--systematic must be a number (dex) or 'auto', got {value!r}") from None
+        if not number >= 0:
+            raise ConfigError(f"--systematic must be >= 0, got {value}")
+        return number
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.population import systematic_floor
+
+    target = target or run.targets[0]
+    val = load_examples(run.data_path(None), split="val")
+    keep = np.isfinite(val.targets[target])
+    mean = run.predict(val.images[keep], batch_size=batch_size, tta=tta)[target]["mean"]
+    floor = systematic_floor(val.targets[target][keep], mean)
+    print(f"systematic floor measured on {int(keep.sum())} validation lenses: {floor:.4f}")
+    return floor
+
+
 def run(args) -> int:
     infer_population_command(
         args.run, args.data, split=args.split, limit=args.limit, target=args.target, tta=args.tta,
         prior_range=args.prior_range, grid=args.grid, batch_size=args.batch_size, out=args.out,
-        edge_correction=not args.no_edge_correction,
+        edge_correction=not args.no_edge_correction, systematic=args.systematic,
     )
     return 0
