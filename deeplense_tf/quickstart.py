@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from deeplense_tf.files import write_text_atomic
+from deeplense_tf.runs import layout
+
 PRESET = "deeplense-model-2"
 CONFIG_NAME = "quickstart"
 SMOKE_CONFIG_NAME = "smoke"  # a tiny CNN: the smoke run checks the plumbing, not the model
@@ -129,11 +132,7 @@ def _training_length(config: dict) -> str:
 
 
 def _run_complete(run_dir: Path) -> bool:
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(info.get("complete"))
+    return layout.is_finished(run_dir)
 
 
 def train_step(run_dir: Path, config: dict, smoke: bool) -> bool:
@@ -150,9 +149,10 @@ def evaluate_step(run_dir: Path, data_dir: Path) -> tuple[dict, bool]:
     """Evaluate on the test split into RUN/eval, unless an evaluation newer than the model exists."""
     from deeplense_tf.evaluation.commands import evaluate_command
 
-    eval_dir = run_dir / "eval"
+    paths = layout.RunPaths(run_dir)
+    eval_dir = paths.eval
     metrics_path = eval_dir / "metrics.json"
-    model_path = run_dir / "model.keras"
+    model_path = paths.model
     if metrics_path.is_file() and metrics_path.stat().st_mtime >= model_path.stat().st_mtime:
         return json.loads(metrics_path.read_text()), True
     metrics = evaluate_command(run_dir, data_dir, split="test", out=eval_dir)
@@ -256,7 +256,7 @@ def _time_sentence(steps: list[dict], wall_seconds: float) -> str:
 def _epochs_trained(run_dir: Path) -> str:
     """' (N epochs trained)' from the run's history.csv, or '' when unknown."""
     try:
-        rows = (run_dir / "history.csv").read_text().strip().splitlines()
+        rows = layout.RunPaths(run_dir).history.read_text().strip().splitlines()
     except OSError:
         return ""
     epochs = len(rows) - 1
@@ -373,11 +373,7 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         "```",
         "",
     ]
-    path = out / "report.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(lines))
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -411,9 +407,9 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
     t = steps.start("train", f"{config['model']['name']} for {_training_length(config)} -> {run_dir}")
     reused = train_step(run_dir, config, smoke)
     if reused:
-        from deeplense_tf.training.config import read_yaml
+        from deeplense_tf.files import read_yaml
 
-        config = read_yaml(run_dir / "config.yaml")  # report what the reused run actually did
+        config = read_yaml(layout.RunPaths(run_dir).config)  # report what the reused run actually did
     steps.done("train", t, "reused" if reused else "done")
 
     t = steps.start("evaluate", f"test split -> {run_dir / 'eval'}")

@@ -132,7 +132,7 @@ def test_ensemble_run_predicts_the_mixture_and_reloads_identically(tmp_path, mem
     loaded = Run.load(out)
     assert loaded.head == "gaussian" and loaded.targets == TARGETS
     assert loaded.target_stats == Run.load(members[0]).target_stats
-    with pytest.raises(RunError, match="no layer named 'embedding'"):
+    with pytest.raises(RunError, match="no layer 'embedding'"):
         loaded.embedding_model()
 
     member_predictions = [Run.load(m).predict(images) for m in members]

@@ -424,7 +424,7 @@ def test_embedding_model(resumed, data_dir):
     assert features.ndim == 2 and features.shape[0] == 2
     first_conv = next(layer.name for layer in run.model.layers if "conv" in layer.name)
     assert run.embedding_model(first_conv).output_shape[1:3] == (16, 16)
-    with pytest.raises(RunError, match="has no layer named 'nope'; layers: image, preprocess"):
+    with pytest.raises(RunError, match="has no layer 'nope'; valid layer names: image, preprocess"):
         run.embedding_model("nope")
 
 

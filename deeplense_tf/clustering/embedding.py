@@ -1,19 +1,10 @@
 """Feature vectors from a named intermediate layer of a Keras model.
 
-`embedding_model(model, layer)` cuts a functional model at a layer; `extract_features`
-runs it over images in batches; `save_embeddings` / `load_embeddings` store the result as
-`.npz` together with every label and nuisance parameter of the data set.
-
-Layer outputs that are not already one vector per example are handled like this:
-
-- rank 2 `[B, D]`: used as is;
-- rank 3 `[B, T, C]` (a sequence) and rank 4/5 `[B, H, W, C]` (feature maps): averaged over
-  every axis except the batch and the last (global average pooling), so a convolutional or
-  recurrent layer gives one C-vector per image whatever its spatial size. `pooling="max"`
-  takes the maximum instead, and `pooling="flatten"` keeps every value when the flat size
-  is known and at most `MAX_FLAT_FEATURES`;
-- a rank-1 output, a non-float output, or a layer with several outputs (tuple, list, dict)
-  is refused with a `ConfigError`.
+`embedding_model(model, layer)` cuts a functional model at a layer and pools its output
+to one vector per example (`deeplense_tf.models.cut`, the one copy of the cut, which
+says how each output rank is handled); `extract_features` runs it over images in
+batches; `save_embeddings` / `load_embeddings` store the result as `.npz` together with
+every label and nuisance parameter of the data set.
 """
 
 from __future__ import annotations
@@ -24,6 +15,9 @@ import numpy as np
 
 from deeplense_tf.errors import ConfigError, DataError
 
+# The cut's defaults and choices (`deeplense_tf.models.cut`; a test keeps them equal). Not
+# imported from there: importing `deeplense_tf.models` starts TensorFlow, and
+# `deeplense cluster --help` reads these.
 DEFAULT_LAYER = "embedding"
 POOLINGS = ("mean", "max", "flatten")
 # Beyond this a flattened feature map is mostly pixels; clustering it says little and costs
@@ -34,65 +28,6 @@ _TARGET_KEY = "target/"
 _NUISANCE_KEY = "nuisance/"
 
 
-def layer_names(model) -> list[str]:
-    """Names usable as `layer`: top-level layers, then `outer/inner` for nested models."""
-    names = []
-    for layer in model.layers:
-        names.append(layer.name)
-        if _is_functional(layer):
-            names.extend(f"{layer.name}/{inner}" for inner in layer_names(layer))
-    return names
-
-
-def _is_functional(layer) -> bool:
-    return hasattr(layer, "layers") and hasattr(layer, "inputs") and hasattr(layer, "get_layer")
-
-
-def _find_layer_output(model, name: str):
-    """Symbolic output of layer `name` expressed in terms of `model.inputs`."""
-    top = {layer.name: layer for layer in model.layers}
-    if name in top:
-        return _single_output(top[name], name)
-    # A nested functional model: `outer/inner`, or a bare inner name when it is unique.
-    if "/" in name:
-        outer_name, inner_name = name.split("/", 1)
-        candidates = [(top[outer_name], inner_name)] if outer_name in top else []
-    else:
-        candidates = [
-            (layer, name)
-            for layer in model.layers
-            if _is_functional(layer) and name in layer_names(layer)
-        ]
-    if len(candidates) != 1:
-        return None
-    outer, inner_name = candidates[0]
-    if not _is_functional(outer) or inner_name not in layer_names(outer):
-        return None
-    nodes = getattr(outer, "_inbound_nodes", [])
-    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
-        raise ConfigError(
-            f"layer {name!r} is inside sub-model {outer.name!r}, which is called "
-            f"{len(nodes)} times or with several inputs; choose a top-level layer"
-        )
-    import keras
-
-    inner_out = _find_layer_output(outer, inner_name)
-    cut = keras.Model(outer.inputs[0], inner_out, name=f"{outer.name}_cut")
-    return cut(nodes[0].input_tensors[0])
-
-
-def _single_output(layer, name: str):
-    try:
-        out = layer.output
-    except (AttributeError, ValueError) as err:
-        raise ConfigError(f"layer {name!r} has no single output ({err})") from err
-    if isinstance(out, (list, tuple, dict)):
-        raise ConfigError(
-            f"layer {name!r} has {len(out)} outputs; choose a layer with one tensor output"
-        )
-    return out
-
-
 def embedding_model(model, layer: str | None = None, pooling: str = "mean"):
     """A `keras.Model` mapping `model`'s inputs to one feature vector `[B, D]` per example.
 
@@ -100,45 +35,16 @@ def embedding_model(model, layer: str | None = None, pooling: str = "mean"):
     `deeplense_tf.models`). Raises `ConfigError` for an unknown layer (listing the valid
     names) or an output that cannot be made into one vector per example.
     """
-    import keras
+    from deeplense_tf.models.cut import cut_model
 
-    if pooling not in POOLINGS:
-        raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    name = layer or DEFAULT_LAYER
-    out = _find_layer_output(model, name)
-    if out is None:
-        valid = layer_names(model)
-        raise ConfigError(
-            f"model {model.name!r} has no layer {name!r}; valid layer names: {', '.join(valid)}"
-        )
-    rank = len(out.shape)
-    dtype = str(out.dtype)
-    if "float" not in dtype:
-        raise ConfigError(f"layer {name!r} outputs {dtype}, not floating-point features")
-    if rank < 2:
-        raise ConfigError(f"layer {name!r} outputs shape {tuple(out.shape)}: no feature axis")
-    if rank > 2:
-        if pooling == "flatten":
-            flat = out.shape[1:]
-            if any(d is None for d in flat):
-                raise ConfigError(
-                    f"layer {name!r} output {tuple(out.shape)} has unknown sizes and cannot "
-                    "be flattened; use pooling='mean'"
-                )
-            size = int(np.prod(flat))
-            if size > MAX_FLAT_FEATURES:
-                raise ConfigError(
-                    f"layer {name!r} output {tuple(out.shape)} flattens to {size} features "
-                    f"(more than {MAX_FLAT_FEATURES}); use pooling='mean' or a deeper layer"
-                )
-            out = keras.layers.Flatten(name="embedding_flatten")(out)
-        else:
-            reduce = keras.ops.mean if pooling == "mean" else keras.ops.max
-            axes = tuple(range(1, rank - 1))
-            out = keras.layers.Lambda(lambda t: reduce(t, axis=axes), name="embedding_pool")(out)
-    # A single input passed as itself (not a one-element list) matches how callers feed it.
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, out, name=f"{model.name}_{name.replace('/', '_')}")
+    return cut_model(model, layer, pooling, max_flat_features=MAX_FLAT_FEATURES)
+
+
+def layer_names(model) -> list[str]:
+    """Names usable as `layer`: top-level layers, then `outer/inner` for nested models."""
+    from deeplense_tf.models.cut import layer_names as names
+
+    return names(model)
 
 
 def check_images(model, images: np.ndarray, source: str = "data") -> np.ndarray:

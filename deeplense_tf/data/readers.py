@@ -26,6 +26,7 @@ import numpy as np
 from deeplense_tf.data import schema
 from deeplense_tf.data.safe_npy import NpzArchive, load_npy
 from deeplense_tf.errors import DataError
+from deeplense_tf.units import log10_axion_mass_ev
 
 DEEPLENSE_TARGET = "log10_m_axion_ev"
 
@@ -497,7 +498,7 @@ def _load_npy_folder(directory: Path, split: str, limit: int | None) -> Examples
     labels = np.asarray(labels, dtype=np.float64)
     targets = {}
     if np.isfinite(labels).any():
-        targets[DEEPLENSE_TARGET] = np.log10(labels).astype(np.float32)
+        targets[DEEPLENSE_TARGET] = log10_axion_mass_ev(labels).astype(np.float32)
     class_id = None
     if all(c is not None for c in classes):
         class_id = np.array([schema.CLASS_NAMES.index(c) for c in classes], dtype=np.int64)

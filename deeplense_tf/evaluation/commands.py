@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.errors import ConfigError
 from deeplense_tf.evaluation.metrics import DEFAULT_BINS
+from deeplense_tf.runs.layout import RunPaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,19 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"equal-width bins across each target's true range (default: {DEFAULT_BINS})")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval)")
-
-
-def default_data_path(run, run_path) -> str:
-    """The run's training data directory from its resolved config; DataError if it is gone."""
-    path = ((run.config or {}).get("data") or {}).get("path")
-    if not path:
-        raise DataError(f"{Path(run_path) / 'config.yaml'}: no data.path to evaluate on; pass --data PATH")
-    if not Path(path).exists():
-        raise DataError(
-            f"{Path(run_path) / 'config.yaml'}: the run's training data {path} does not exist (any more); "
-            f"pass --data PATH"
-        )
-    return str(path)
 
 
 def evaluate_command(
@@ -68,11 +56,11 @@ def evaluate_command(
     if bins < 1:
         raise ConfigError(f"--bins must be at least 1, got {bins}")
     run = Run.load(run_path)
-    data = str(data) if data is not None else default_data_path(run, run_path)
+    data = run.data_path(data)
     examples = load_examples(data, split=split, limit=limit)
     metrics, table = evaluate_run(run, examples, tta=tta, bins=bins, batch_size=batch_size)
     metrics = {"run": str(run_path), "split": split, **metrics}
-    out_dir = Path(out) if out is not None else Path(run_path) / "eval"
+    out_dir = Path(out) if out is not None else RunPaths(run_path).eval
     written = write_evaluation(metrics, table, out_dir)
     if verbose:
         print(format_table(metrics))

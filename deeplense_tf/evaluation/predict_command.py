@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplense_tf.errors import ConfigError, DataError
+from deeplense_tf.files import write_text_atomic
 
 FORMATS = ("csv", "json")
 
@@ -171,9 +172,6 @@ def run(args) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text_atomic(out, text)
     print(f"wrote {out} ({len(rows)} predictions)")
     return 0

@@ -4,7 +4,7 @@
 writes `metrics.json`, `predictions.csv` and one figure per target; `format_table` and
 `markdown_table` render the overall and binned metrics for the terminal and for
 `report.md`; `coverage_markdown` renders the coverage section (curve, per-bin coverage,
-figure) of any report from the metrics alone. `run` is a `deeplense_tf.training.run.Run` (anything with `targets`,
+figure) of any report from the metrics alone. `run` is a `deeplense_tf.runs.Run` (anything with `targets`,
 `head`, `input_shape` and `predict(images, batch_size=, tta=)` works, which keeps
 this module testable without a trained model); `examples` is a
 `deeplense_tf.data.Examples`.
@@ -23,33 +23,12 @@ import numpy as np
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.metrics import DEFAULT_BINS, evaluate_target, to_jsonable
 from deeplense_tf.evaluation.plots import plot_coverage, plot_target
+from deeplense_tf.files import atomic_path, write_text_atomic
 from deeplense_tf.predictive import Predictive
+from deeplense_tf.runs.run import check_examples_fit as check_fits  # noqa: F401  (public here too)
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
-
-
-def check_fits(run, examples) -> None:
-    """Raise DataError naming the data set when its images or targets do not fit the run."""
-    images = examples.images
-    expected = tuple(int(d) for d in run.input_shape)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise DataError(
-            f"{examples.source}: images have shape {tuple(images.shape[1:])} (per image) but the run "
-            f"expects {expected} (H, W, channels); evaluate on data made with the run's preset"
-        )
-    available = sorted(examples.targets)
-    if not available:
-        raise DataError(
-            f"{examples.source}: the data set holds no target values, so there is nothing to compare "
-            f"with; use `deeplense predict` for unlabelled images"
-        )
-    missing = [t for t in run.targets if t not in examples.targets]
-    if missing:
-        raise DataError(
-            f"{examples.source}: no target {', '.join(missing)} (the data set has "
-            f"{', '.join(available)}; the run predicts {', '.join(run.targets)})"
-        )
 
 
 def evaluate_run(
@@ -145,22 +124,18 @@ def write_evaluation(metrics: dict, table: dict, out_dir, *, title: str | None =
             metrics["plots"][f"{target}_coverage"] = f"plots/{target}_coverage.png"
 
     pred_path = out_dir / PREDICTIONS_NAME
-    tmp = pred_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(pred_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["target", "true", "mean", "std"])
         for target, cols in table.items():
             std = cols["std"] if cols["std"] is not None else [math.nan] * len(cols["true"])
             for row in zip(cols["true"], cols["mean"], std):
                 writer.writerow([target, *(f"{v:.6g}" if math.isfinite(v) else "" for v in row)])
-    tmp.replace(pred_path)
     written.append(pred_path)
 
     # Written last and atomically: its presence means the evaluation finished.
     metrics_path = out_dir / METRICS_NAME
-    tmp = metrics_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
-    tmp.replace(metrics_path)
+    write_text_atomic(metrics_path, json.dumps(to_jsonable(metrics), indent=2) + "\n")
     written.append(metrics_path)
     return written
 

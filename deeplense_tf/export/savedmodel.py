@@ -35,9 +35,9 @@ from deeplense_tf.export.spec import (
     keras_reference,
     max_abs_difference,
     max_scaled_difference,
-    model_input,
     physical_outputs,
 )
+from deeplense_tf.files import write_text_atomic
 
 SERVING_SIGNATURE = "serving_default"
 EMBED_SIGNATURE = "embed"
@@ -64,10 +64,9 @@ def has_embedding(model) -> bool:
 
 def embedding_submodel(model):
     """`image -> embedding` sharing `model`'s weights (the clustering features)."""
-    import keras
+    from deeplense_tf.models.cut import cut_model
 
-    layer = model.get_layer(EMBEDDING_LAYER)
-    return keras.Model(model_input(model), layer.output, name=f"{model.name}_{EMBEDDING_LAYER}")
+    return cut_model(model, EMBEDDING_LAYER)
 
 
 def validate_images(image, input_shape):
@@ -290,7 +289,7 @@ def write_models_config(out_dir) -> Path:
         entry.base_path = os.fspath((out_dir / name).resolve())
         entry.model_platform = "tensorflow"
         entry.model_version_policy.all.SetInParent()
-    return _atomic_write(out_dir / MODELS_CONFIG, text_format.MessageToString(config))
+    return write_text_atomic(out_dir / MODELS_CONFIG, text_format.MessageToString(config))
 
 
 def write_batching_parameters(out_dir, parameters: dict | None = None) -> Path:
@@ -301,11 +300,4 @@ def write_batching_parameters(out_dir, parameters: dict | None = None) -> Path:
     """
     values = {**DEFAULT_BATCHING, **(parameters or {})}
     text = "".join(f"{key} {{ value: {int(value)} }}\n" for key, value in values.items())
-    return _atomic_write(Path(out_dir) / BATCHING_PARAMETERS, text)
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out_dir) / BATCHING_PARAMETERS, text)

@@ -70,7 +70,7 @@ class ExportSpec:
 
     @classmethod
     def from_run(cls, run) -> ExportSpec:
-        """From a loaded `deeplense_tf.training.run.Run`."""
+        """From a loaded `deeplense_tf.runs.Run`."""
         return cls(
             model_name=str((getattr(run, "info", None) or {}).get("model") or run.model.name),
             targets=tuple(run.targets),

@@ -25,7 +25,7 @@ mixed-precision policy.
 `SoftClipLogVariance` and `StudentTOutput` (like the ensemble's `GaussianMixtureCombine`,
 all `LogVarianceOffsetLayer`s) also hold a non-trainable `log_variance_offset` (0 after
 training), added to the log-variance. Post-hoc calibration
-(`deeplense_tf.evaluation.calibration`) sets it to 2 log s, which scales every
+(`deeplense_tf.models.calibration`) sets it to 2 log s, which scales every
 predicted standard deviation by s; being a weight of the model, the scale travels
 with `model.keras` into evaluation, ensembles, SavedModels and TFLite files.
 """

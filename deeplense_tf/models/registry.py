@@ -36,6 +36,7 @@ import keras
 
 from deeplense_tf.data import transforms
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.models.cut import cut_model
 from deeplense_tf.models.heads import HEADS, add_heads
 from deeplense_tf.models.layers import ImagePreprocess
 
@@ -233,11 +234,7 @@ def build_model(
 
 
 def _encoder_model(model: keras.Model) -> keras.Model:
-    try:
-        embedding = model.get_layer("embedding")
-    except ValueError as err:
-        raise ConfigError(f"model {model.name!r} has no layer named 'embedding'") from err
-    return keras.Model(model.inputs[0], embedding.output, name=f"{model.name}_embedding")
+    return cut_model(model, "embedding")
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

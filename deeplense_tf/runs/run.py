@@ -292,23 +292,18 @@ class Run:
         return out
 
     def embedding_model(self, layer: str | None = None):
-        """A `keras.Model` from the `image` input to the output of `layer` (default `embedding`).
+        """A `keras.Model` from the `image` input to the output of `layer` (default
+        `embedding`), as it is (no pooling; `deeplense_tf.models.cut`).
 
         Shares the run's layers and weights. RunError naming the available layers when
         `layer` does not exist.
         """
-        import keras
+        from deeplense_tf.models.cut import cut_model
 
-        name = layer or "embedding"
         try:
-            chosen = self.model.get_layer(name)
-        except ValueError:
-            names = [lay.name for lay in self.model.layers]
-            raise RunError(
-                f"model of {self.path or 'this run'} has no layer named {name!r}; layers: "
-                f"{', '.join(names)}"
-            ) from None
-        return keras.Model(self.model.inputs, chosen.output, name=f"{self.model.name}_{name}")
+            return cut_model(self.model, layer)
+        except ConfigError as err:
+            raise RunError(f"{self.path or 'this run'}: {err}") from None
 
 
 def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, targets) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from deeplense_tf.data.schema import CLASS_NAMES
 from deeplense_tf.simulation import physics
 from deeplense_tf.simulation.presets import AXION_TARGET, Instrument, Preset, get_preset
+from deeplense_tf.units import axion_mass_ev
 
 # Lenstronomy numerics: DeepLenseSim passed {'point_source_supersampling_factor': 1} (Models
 # II, III) or {'supersampling_factor': 1, ...} (Model I); both mean no supersampling.
@@ -140,7 +141,7 @@ def draw_params(preset: Preset, rng: np.random.Generator, class_name: str) -> di
     elif class_name == "axion":
         log10_m = float(rng.uniform(*preset.log10_m_axion_range_ev))
         params[AXION_TARGET] = log10_m
-        params["vortex_half_length_arcsec"] = float(physics.vortex_half_length_arcsec(10.0**log10_m))
+        params["vortex_half_length_arcsec"] = float(physics.vortex_half_length_arcsec(axion_mass_ev(log10_m)))
         params["vortex_angle_rad"] = float(rng.uniform(0.0, 2.0 * np.pi))
     return params
 
@@ -175,7 +176,7 @@ def lenstronomy_inputs(preset: Preset, params: dict):
     elif class_name == "axion":
         half_length = p.get("vortex_half_length_arcsec")
         if half_length is None:
-            half_length = float(physics.vortex_half_length_arcsec(10.0 ** p[AXION_TARGET]))
+            half_length = float(physics.vortex_half_length_arcsec(axion_mass_ev(p[AXION_TARGET])))
         n = preset.vortex_points
         theta = float(_point_mass_theta_e(preset, preset.vortex_mass_msun / n)) * math.sqrt(f)
         xs, ys = physics.vortex_positions(half_length, p["vortex_angle_rad"], n)

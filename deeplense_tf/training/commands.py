@@ -16,7 +16,6 @@ head, normalisation, crop) and the targets come from RUN0, so only the data diff
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from deeplense_tf.errors import ConfigError
 
@@ -59,9 +58,10 @@ def parse_set_options(pairs) -> dict:
 
 def _inherited_model_settings(init_from: str) -> dict:
     """Model section and targets of a run to fine-tune from (empty if it has no config)."""
-    from deeplense_tf.training.config import read_yaml
+    from deeplense_tf.files import read_yaml
+    from deeplense_tf.runs.layout import RunPaths
 
-    path = Path(init_from) / "config.yaml"
+    path = RunPaths(init_from).config
     if not path.is_file():
         return {}  # train() reports what is wrong with the folder
     previous = read_yaml(path)

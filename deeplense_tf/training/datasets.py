@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from deeplense_tf.data import count_usable_examples  # noqa: F401  (the trainer's name for it)
 from deeplense_tf.errors import ConfigError, DataError
 
 

@@ -25,17 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from deeplense_tf.training.ensemble import ensemble_runs
 
     result = ensemble_runs(args.runs, args.out, overwrite=args.overwrite, calibrate=not args.no_calibrate)
-    for name in ("model.keras", "config.yaml", "target_stats.json", "data_manifest.json", "run.json",
-                 "metrics.json"):
-        if (result.path / name).exists():
-            print(f"wrote {result.path / name}")
-    metrics = result.path / "metrics.json"
-    fits = json.loads(metrics.read_text()).get("variance_calibration") if metrics.exists() else None
+    paths = result.paths
+    for path in (paths.model, paths.config, paths.target_stats, paths.manifest, paths.info, paths.metrics):
+        if path.exists():
+            print(f"wrote {path}")
+    fits = result.calibration
     if fits:
         for target, fit in fits["targets"].items():
             print(f"{target}: mixture stds x {fit['scale']:.3f} (val 68% coverage "

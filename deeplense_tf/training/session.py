@@ -22,13 +22,14 @@ from pathlib import Path
 
 import keras
 
+from deeplense_tf.data import count_usable_examples
 from deeplense_tf.errors import ConfigError, DataError, RunError
 from deeplense_tf.files import write_json_atomic
 from deeplense_tf.runs import layout
 from deeplense_tf.runs.run import Run
 from deeplense_tf.training import finetune, resume
 from deeplense_tf.training.config import load_config, save_config
-from deeplense_tf.training.datasets import count_usable_examples, make_datasets, resolve_targets
+from deeplense_tf.training.datasets import make_datasets, resolve_targets
 from deeplense_tf.training.finish import finish
 from deeplense_tf.training.loop import TrainingLoop
 from deeplense_tf.training.model_setup import build_model_from_config, make_losses, make_optimizer
