@@ -8,7 +8,11 @@ preset with log10 m fixed at m (the preset's prior range collapsed to (m, m) thr
 Python API; every other parameter drawn as in training) into WORK/pool_<m>.npz (reused
 when there), predicts them once with the run, and splits them into `--sets` disjoint sets
 of `--lenses`. Each set is combined with `deeplense_tf.evaluation.population` (uniform
-training prior of the preset divided out). Reported per mass:
+training prior of the preset divided out) three ways: the plain product of the per-lens
+posteriors, with the edge correction (the truncation at the prior's edges undone), and
+with the edge correction plus the model's systematic floor (`systematic_floor` measured
+on the run's validation split, integrated out as a bias shared by all lenses). Reported
+per mass and combination:
 
 - how often the 68% / 95% intervals of the combined posterior hold m (nominal 0.68 /
   0.95; the binomial standard error over 100 sets is 0.047 / 0.022);
@@ -18,7 +22,7 @@ training prior of the preset divided out). Reported per mass:
   `--max-n` lenses, where the model's systematic error (the bias at that mass) sets
   the floor: the std keeps shrinking as 1/sqrt(N), the error stops at |bias|.
 
-Prints Markdown tables (for BENCHMARKS.md) and writes WORK/population_benchmark.json.
+Prints Markdown tables (for BENCHMARKS.md) and writes WORK/population_benchmark_<run>.json.
 """
 
 from __future__ import annotations
@@ -81,7 +85,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="per-lens posteriors from the 8-view mixture")
     args = parser.parse_args(argv)
 
-    from deeplense_tf.evaluation.population import PopulationPosterior, training_prior_range
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.population import (
+        PopulationPosterior,
+        likelihood_from_posterior,
+        systematic_floor,
+        training_prior_range,
+    )
     from deeplense_tf.predictive import Predictive
     from deeplense_tf.runs.run import Run
     from deeplense_tf.simulation.presets import AXION_TARGET, get_preset
@@ -92,75 +102,90 @@ def main(argv=None) -> int:
     grid = np.linspace(*prior_range, args.grid)
     work = Path(args.work)
     per_set = args.sets * args.lenses
-    rows, widths, started = [], [], time.perf_counter()
+    started = time.perf_counter()
+
+    # The model's systematic error, measured on the validation split (never on the pools).
+    val = load_examples(run.data_path(None), split="val")
+    keep = np.isfinite(val.targets[AXION_TARGET])
+    val_mean = run.predict(val.images[keep], batch_size=256, tta=args.tta)[AXION_TARGET]["mean"]
+    floor = systematic_floor(val.targets[AXION_TARGET][keep], val_mean)
+    print(f"systematic floor on {int(keep.sum())} validation lenses: {floor:.4f} dex", file=sys.stderr)
+    variants = {  # name: (edge correction, shared systematic std)
+        "product": (False, 0.0),
+        "edge-corrected": (True, 0.0),
+        "edge-corrected + floor": (True, floor),
+    }
+    rows, widths = [], []
     for k, mass in enumerate(args.masses):
         pool = simulate_pool(preset, mass, per_set, args.seed + k, work / f"pool_{mass:+.2f}.npz", args.workers)
-        prediction = run.predict(pool["images"], batch_size=256, tta=args.tta)[AXION_TARGET]
-        predictive = Predictive.from_prediction(prediction)
-        log_density = predictive.log_density_grid(grid)  # [pool, G], once; sets pick rows
+        predictive = Predictive.from_prediction(
+            run.predict(pool["images"], batch_size=256, tta=args.tta)[AXION_TARGET])
+        single = predictive.moments()[0] - mass
         zeros = np.zeros_like(grid)
+        for name, (edge, systematic) in variants.items():
+            lenses = likelihood_from_posterior(predictive, prior_range) if edge else predictive
+            log_density = lenses.log_density_grid(grid)  # [pool, G], once; sets pick rows
 
-        def posterior(index, log_density=log_density, zeros=zeros):
-            return PopulationPosterior(grid, log_density[index], zeros, prior_range)
+            def posterior(index, log_density=log_density, systematic=systematic, zeros=zeros):
+                return PopulationPosterior(grid, log_density[index], zeros, prior_range, systematic)
 
-        hits68 = hits95 = 0
-        errors, stds = [], []
-        narrowing = {}
-        for s in range(args.sets):
-            index = np.arange(s * args.lenses, (s + 1) * args.lenses)
-            post = posterior(index)
-            summary = post.summary()
-            lo68, hi68 = summary["interval_68"]
-            lo95, hi95 = summary["interval_95"]
-            hits68 += lo68 <= mass <= hi68
-            hits95 += lo95 <= mass <= hi95
-            errors.append(summary["mean"] - mass)
-            stds.append(summary["std"])
-            for row in post.narrowing():
-                narrowing.setdefault(row["n"], []).append((row["mean"] - mass, row["std"]))
-        # Larger N from the whole pool in disjoint chunks (fewer repeats as N grows).
-        for n in (100, 200, 500, 1000, 2000, 5000):
-            if not args.lenses < n <= min(args.max_n, per_set):
-                continue
-            for c in range(per_set // n):
-                summary = posterior(np.arange(c * n, (c + 1) * n)).summary()
-                narrowing.setdefault(n, []).append((summary["mean"] - mass, summary["std"]))
-        single_mae = float(np.mean(np.abs(predictive.moments()[0] - mass)))
-        rows.append({
-            "mass": mass, "sets": args.sets, "lenses": args.lenses,
-            "coverage_68": hits68 / args.sets, "coverage_95": hits95 / args.sets,
-            "bias": float(np.mean(errors)), "rmse": float(np.sqrt(np.mean(np.square(errors)))),
-            "mean_std": float(np.mean(stds)), "single_lens_mae": single_mae,
-            "single_lens_bias": float(np.mean(predictive.moments()[0] - mass)),
-        })
-        for n_lenses, values in sorted(narrowing.items()):
-            e = np.array([v[0] for v in values])
-            widths.append({"mass": mass, "n": int(n_lenses), "repeats": len(values),
-                           "mean_std": float(np.mean([v[1] for v in values])),
-                           "rmse": float(np.sqrt(np.mean(e**2))), "bias": float(np.mean(e))})
-        print(f"log10 m = {mass:+.2f}: 68% {rows[-1]['coverage_68']:.2f}, 95% {rows[-1]['coverage_95']:.2f}, "
-              f"bias {rows[-1]['bias']:+.4f}, std {rows[-1]['mean_std']:.4f}", file=sys.stderr)
+            hits68 = hits95 = 0
+            errors, stds, narrowing = [], [], {}
+            for s in range(args.sets):
+                post = posterior(np.arange(s * args.lenses, (s + 1) * args.lenses))
+                summary = post.summary()
+                hits68 += summary["interval_68"][0] <= mass <= summary["interval_68"][1]
+                hits95 += summary["interval_95"][0] <= mass <= summary["interval_95"][1]
+                errors.append(summary["mean"] - mass)
+                stds.append(summary["std"])
+                for row in post.narrowing():
+                    narrowing.setdefault(row["n"], []).append((row["mean"] - mass, row["std"]))
+            # Larger N from the whole pool in disjoint chunks (fewer repeats as N grows).
+            for n in (100, 200, 500, 1000, 2000, 5000):
+                if not args.lenses < n <= min(args.max_n, per_set):
+                    continue
+                for c in range(per_set // n):
+                    summary = posterior(np.arange(c * n, (c + 1) * n)).summary()
+                    narrowing.setdefault(n, []).append((summary["mean"] - mass, summary["std"]))
+            rows.append({
+                "variant": name, "mass": mass, "sets": args.sets, "lenses": args.lenses,
+                "systematic_std": systematic,
+                "coverage_68": hits68 / args.sets, "coverage_95": hits95 / args.sets,
+                "bias": float(np.mean(errors)), "rmse": float(np.sqrt(np.mean(np.square(errors)))),
+                "mean_std": float(np.mean(stds)), "single_lens_mae": float(np.mean(np.abs(single))),
+                "single_lens_bias": float(np.mean(single)),
+            })
+            for n_lenses, values in sorted(narrowing.items()):
+                e = np.array([v[0] for v in values])
+                widths.append({"variant": name, "mass": mass, "n": int(n_lenses), "repeats": len(values),
+                               "mean_std": float(np.mean([v[1] for v in values])),
+                               "rmse": float(np.sqrt(np.mean(e**2))), "bias": float(np.mean(e))})
+            r = rows[-1]
+            print(f"log10 m = {mass:+.2f} {name}: 68% {r['coverage_68']:.2f}, 95% {r['coverage_95']:.2f}, "
+                  f"bias {r['bias']:+.4f}, std {r['mean_std']:.4f}", file=sys.stderr)
 
     print(f"\nrun {args.run} ({run.head} head{', TTA' if args.tta else ''}); prior {prior_source} "
-          f"{list(prior_range)}; {args.sets} disjoint sets of {args.lenses} lenses per mass; "
-          f"{time.perf_counter() - started:.0f} s\n")
-    print("| shared log10 m | sets × N | 68% cov. | 95% cov. | bias (dex) | RMSE of mean | mean post. std "
+          f"{list(prior_range)}; {args.sets} disjoint sets of {args.lenses} lenses per mass; systematic "
+          f"floor {floor:.4f} dex (val split); {time.perf_counter() - started:.0f} s\n")
+    print("| combination | shared log10 m | 68% cov. | 95% cov. | bias (dex) | RMSE of mean | mean post. std "
           "| single-lens MAE | single-lens bias |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mass']:+.2f} | {r['sets']} × {r['lenses']} | {r['coverage_68']:.2f} | {r['coverage_95']:.2f} "
+        print(f"| {r['variant']} | {r['mass']:+.2f} | {r['coverage_68']:.2f} | {r['coverage_95']:.2f} "
               f"| {r['bias']:+.4f} | {r['rmse']:.4f} | {r['mean_std']:.4f} | {r['single_lens_mae']:.3f} "
               f"| {r['single_lens_bias']:+.3f} |")
-    counts = sorted({w["n"] for w in widths})
-    print("\nMean posterior std (dex) / RMSE of the posterior mean (dex) vs lenses combined N:\n")
-    print("| shared log10 m | " + " | ".join(f"N={n}" for n in counts) + " |")
-    print("|---|" + "---|" * len(counts))
-    for mass in args.masses:
-        cells = {w["n"]: f"{w['mean_std']:.4f} / {w['rmse']:.4f}" for w in widths if w["mass"] == mass}
-        print(f"| {mass:+.2f} | " + " | ".join(cells.get(n, "") for n in counts) + " |")
+    for name in variants:
+        chosen = [w for w in widths if w["variant"] == name]
+        counts = sorted({w["n"] for w in chosen})
+        print(f"\n{name}: mean posterior std / RMSE of the posterior mean (dex) vs lenses combined N:\n")
+        print("| shared log10 m | " + " | ".join(f"N={n}" for n in counts) + " |")
+        print("|---|" + "---|" * len(counts))
+        for mass in args.masses:
+            cells = {w["n"]: f"{w['mean_std']:.4f} / {w['rmse']:.4f}" for w in chosen if w["mass"] == mass}
+            print(f"| {mass:+.2f} | " + " | ".join(cells.get(n, "") for n in counts) + " |")
     work.mkdir(parents=True, exist_ok=True)
-    out = work / "population_benchmark.json"
-    out.write_text(json.dumps({"run": str(args.run), "head": run.head, "tta": args.tta,
+    out = work / f"population_benchmark_{Path(args.run).name}.json"
+    out.write_text(json.dumps({"run": str(args.run), "head": run.head, "tta": args.tta, "floor": floor,
                                "prior_range": list(prior_range), "rows": rows, "widths": widths},
                               indent=2) + "\n")
     print(f"\nwrote {out}", file=sys.stderr)
