@@ -103,3 +103,13 @@ def test_infer_population_with_a_systematic_floor(t_run, capsys):
     assert result["posterior"]["std"] > 0.05 * 0.9
     assert main(base + ["--systematic", "lots"]) == 1
     assert "--systematic must be a number" in capsys.readouterr().err
+
+
+def test_predict_writes_std_and_df(t_run, tmp_path):
+    import csv
+
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--run", str(t_run["run"]), "--data", str(t_run["shared"]), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 20
+    assert float(rows[0][f"{TARGET}_std"]) > 0 and float(rows[0][f"{TARGET}_df"]) > 2

@@ -6,7 +6,9 @@ in turn. Each input is a readable data set (simulated data directory, DeepLense 
 `.npz`, `.h5`; see `deeplense_tf.data.load_examples`) or a single image stored as a plain
 numeric `.npy` array `[H, W]` or `[H, W, 1]` (never unpickled). Writes one row per image:
 `source`, `index` (position within that input), and per target `<target>` (predicted
-mean) and, for a Gaussian-head run, `<target>_std`, both in the target's physical units.
+mean) and, for a Gaussian or Student-t run, `<target>_std`, both in the target's physical
+units; a Student-t run adds `<target>_df` (its degrees of freedom; not with --tta, whose
+prediction is the mixture of eight views).
 Without --out the CSV goes to stdout, so the command pipes.
 """
 
@@ -115,6 +117,9 @@ def predict_inputs(run, inputs, *, split: str = "test", tta: bool = False, batch
         std = predictions[target].get("std")
         if std is not None:
             columns[f"{target}_std"] = np.asarray(std, dtype=np.float64).reshape(-1)
+        df = predictions[target].get("df")  # Student-t head, without TTA (one t per image)
+        if df is not None:
+            columns[f"{target}_df"] = np.asarray(df, dtype=np.float64).reshape(-1)
     rows = []
     for batch in batches:
         for index in range(batch.images.shape[0]):
