@@ -11,7 +11,9 @@ from scipy import stats
 
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.population import (
+    SummaryLikelihood,
     combine_posteriors,
+    combine_summaries,
     summarise,
     systematic_floor,
     truncated_normal_moments,
@@ -125,6 +127,10 @@ def test_summarise_a_uniform_density():
     assert got["mean"] == pytest.approx(0.5)
     assert got["std"] == pytest.approx(1 / math.sqrt(12), rel=1e-4)
     assert got["interval_68"] == pytest.approx([0.16, 0.84], abs=1e-6)
+    gaussian = summarise(grid, -0.5 * ((grid - 0.5) / 0.1) ** 2)
+    assert gaussian["hdi_95"] == pytest.approx(gaussian["interval_95"], abs=2e-3)
+    edge = summarise(grid, -grid / 0.1)  # exponential from the edge: the HDI starts there
+    assert edge["hdi_68"][0] == 0.0 and edge["interval_68"][0] > 0.01
 
 
 # --- the predictive distributions --------------------------------------------------------
@@ -201,3 +207,35 @@ def test_a_shared_systematic_is_integrated_out_and_measured():
     assert systematic_floor(truth, pred, bins=2) == pytest.approx(math.sqrt((0.01 + 0.0025) / 2))
     with pytest.raises(DataError, match="systematic"):
         combine_posteriors(Predictive(means, stds), (-24.0, -22.0), systematic_std=-1.0)
+
+
+def test_summary_likelihood_goes_flat_where_the_model_saturates():
+    # A model that cannot tell masses below -23.8 apart (it predicts -23.8 for all of
+    # them) but reports a confident 0.05 dex: the product of its posteriors at a true -24
+    # piles up at -23.8; the likelihood calibrated on labelled predictions is flat over
+    # [-24, -23.8] and its 95% interval holds -24.
+    rng = np.random.default_rng(6)
+
+    def model(theta):
+        return np.maximum(theta, -23.8) + 0.05 * rng.standard_normal(theta.size), np.full(theta.size, 0.05)
+
+    val_truth = rng.uniform(-24, -22, 4000)
+    val_mean, val_std = model(val_truth)
+    likelihood = SummaryLikelihood.fit(val_truth, val_mean, val_std, (-24.0, -22.0))
+    assert np.interp(-24.0, likelihood.grid, likelihood.bias) == pytest.approx(0.2, abs=0.03)
+    assert np.interp(-23.0, likelihood.grid, likelihood.bias) == pytest.approx(0.0, abs=0.01)
+    assert np.interp(-23.0, likelihood.grid, likelihood.spread) == pytest.approx(1.0, abs=0.1)
+
+    mean, std = model(np.full(50, -24.0))
+    lenses = Predictive(mean, std)
+    calibrated = combine_summaries(lenses, likelihood, (-24.0, -22.0)).summary()
+    product = combine_posteriors(lenses, (-24.0, -22.0)).summary()
+    # Equal-tailed intervals never reach the edge; the highest-density one does.
+    # (the kernel fit rounds the kink at -23.8, so the likelihood is flat only up to ~-23.95)
+    assert calibrated["hdi_95"][0] < -23.95 and calibrated["interval_95"][1] < -23.7
+    assert product["hdi_95"][0] > -23.85 and product["mean"] > -23.82
+    # In the middle the calibrated likelihood is as sharp as the product and unbiased.
+    mean, std = model(np.full(50, -23.0))
+    middle = combine_summaries(Predictive(mean, std), likelihood, (-24.0, -22.0)).summary()
+    assert middle["mean"] == pytest.approx(-23.0, abs=0.03)
+    assert middle["std"] == pytest.approx(0.05 / math.sqrt(50), rel=0.25)
