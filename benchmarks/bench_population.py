@@ -8,14 +8,16 @@ preset with log10 m fixed at m (the preset's prior range collapsed to (m, m) thr
 Python API; every other parameter drawn as in training) into WORK/pool_<m>.npz (reused
 when there), predicts them once with the run, and splits them into `--sets` disjoint sets
 of `--lenses`. Each set is combined with `deeplense_tf.evaluation.population` (uniform
-training prior of the preset divided out) three ways: the plain product of the per-lens
-posteriors, with the edge correction (the truncation at the prior's edges undone), and
-with the edge correction plus the model's systematic floor (`systematic_floor` measured
-on the run's validation split, integrated out as a bias shared by all lenses). Reported
-per mass and combination:
+training prior of the preset divided out) four ways: the plain product of the per-lens
+posteriors; with the edge correction (the truncation at the prior's edges undone); with
+the edge correction plus the model's systematic floor (`systematic_floor` measured on the
+run's validation split, integrated out as a bias shared by all lenses); and through the
+likelihood of the predictions calibrated on the validation split (`SummaryLikelihood`:
+the model's bias and std scale at each mass). Reported per mass and combination:
 
 - how often the 68% / 95% intervals of the combined posterior hold m (nominal 0.68 /
-  0.95; the binomial standard error over 100 sets is 0.047 / 0.022);
+  0.95; the binomial standard error over 100 sets is 0.047 / 0.022), equal-tailed and
+  highest-density (only the latter can reach a mass exactly at the prior's edge);
 - the bias (mean of posterior mean - m) and the mean posterior std at N = `--lenses`;
 - width vs N: the mean posterior std and the root-mean-square error of the posterior mean
   for N = 1, 2, 4, ..., and, from the whole pool in larger disjoint chunks, up to
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
     from deeplense_tf.data import load_examples
     from deeplense_tf.evaluation.population import (
         PopulationPosterior,
+        SummaryLikelihood,
         likelihood_from_posterior,
         systematic_floor,
         training_prior_range,
@@ -107,13 +110,17 @@ def main(argv=None) -> int:
     # The model's systematic error, measured on the validation split (never on the pools).
     val = load_examples(run.data_path(None), split="val")
     keep = np.isfinite(val.targets[AXION_TARGET])
-    val_mean = run.predict(val.images[keep], batch_size=256, tta=args.tta)[AXION_TARGET]["mean"]
-    floor = systematic_floor(val.targets[AXION_TARGET][keep], val_mean)
+    val_pred = run.predict(val.images[keep], batch_size=256, tta=args.tta)[AXION_TARGET]
+    floor = systematic_floor(val.targets[AXION_TARGET][keep], val_pred["mean"])
     print(f"systematic floor on {int(keep.sum())} validation lenses: {floor:.4f} dex", file=sys.stderr)
-    variants = {  # name: (edge correction, shared systematic std)
-        "product": (False, 0.0),
-        "edge-corrected": (True, 0.0),
-        "edge-corrected + floor": (True, floor),
+    calibration = SummaryLikelihood.fit(val.targets[AXION_TARGET][keep], val_pred["mean"], val_pred["std"],
+                                        prior_range)
+    variants = {  # name: per-lens log densities on the grid, shared systematic std
+        "product": lambda p: (p.log_density_grid(grid), 0.0),
+        "edge-corrected": lambda p: (likelihood_from_posterior(p, prior_range).log_density_grid(grid), 0.0),
+        "edge-corrected + floor": lambda p: (
+            likelihood_from_posterior(p, prior_range).log_density_grid(grid), floor),
+        "calibrated likelihood": lambda p: (calibration.log_likelihood_grid(p, grid), 0.0),
     }
     rows, widths = [], []
     for k, mass in enumerate(args.masses):
@@ -122,20 +129,21 @@ def main(argv=None) -> int:
             run.predict(pool["images"], batch_size=256, tta=args.tta)[AXION_TARGET])
         single = predictive.moments()[0] - mass
         zeros = np.zeros_like(grid)
-        for name, (edge, systematic) in variants.items():
-            lenses = likelihood_from_posterior(predictive, prior_range) if edge else predictive
-            log_density = lenses.log_density_grid(grid)  # [pool, G], once; sets pick rows
+        for name, make in variants.items():
+            log_density, systematic = make(predictive)  # [pool, G], once; sets pick rows
 
             def posterior(index, log_density=log_density, systematic=systematic, zeros=zeros):
                 return PopulationPosterior(grid, log_density[index], zeros, prior_range, systematic)
 
-            hits68 = hits95 = 0
+            hits68 = hits95 = hdi68 = hdi95 = 0
             errors, stds, narrowing = [], [], {}
             for s in range(args.sets):
                 post = posterior(np.arange(s * args.lenses, (s + 1) * args.lenses))
                 summary = post.summary()
                 hits68 += summary["interval_68"][0] <= mass <= summary["interval_68"][1]
                 hits95 += summary["interval_95"][0] <= mass <= summary["interval_95"][1]
+                hdi68 += summary["hdi_68"][0] <= mass <= summary["hdi_68"][1]
+                hdi95 += summary["hdi_95"][0] <= mass <= summary["hdi_95"][1]
                 errors.append(summary["mean"] - mass)
                 stds.append(summary["std"])
                 for row in post.narrowing():
@@ -151,6 +159,7 @@ def main(argv=None) -> int:
                 "variant": name, "mass": mass, "sets": args.sets, "lenses": args.lenses,
                 "systematic_std": systematic,
                 "coverage_68": hits68 / args.sets, "coverage_95": hits95 / args.sets,
+                "hdi_coverage_68": hdi68 / args.sets, "hdi_coverage_95": hdi95 / args.sets,
                 "bias": float(np.mean(errors)), "rmse": float(np.sqrt(np.mean(np.square(errors)))),
                 "mean_std": float(np.mean(stds)), "single_lens_mae": float(np.mean(np.abs(single))),
                 "single_lens_bias": float(np.mean(single)),
@@ -167,11 +176,12 @@ def main(argv=None) -> int:
     print(f"\nrun {args.run} ({run.head} head{', TTA' if args.tta else ''}); prior {prior_source} "
           f"{list(prior_range)}; {args.sets} disjoint sets of {args.lenses} lenses per mass; systematic "
           f"floor {floor:.4f} dex (val split); {time.perf_counter() - started:.0f} s\n")
-    print("| combination | shared log10 m | 68% cov. | 95% cov. | bias (dex) | RMSE of mean | mean post. std "
-          "| single-lens MAE | single-lens bias |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("| combination | shared log10 m | 68% cov. | 95% cov. | 68% / 95% cov. (HDI) | bias (dex) "
+          "| RMSE of mean | mean post. std | single-lens MAE | single-lens bias |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (list(variants).index(r["variant"]), r["mass"])):
         print(f"| {r['variant']} | {r['mass']:+.2f} | {r['coverage_68']:.2f} | {r['coverage_95']:.2f} "
+              f"| {r['hdi_coverage_68']:.2f} / {r['hdi_coverage_95']:.2f} "
               f"| {r['bias']:+.4f} | {r['rmse']:.4f} | {r['mean_std']:.4f} | {r['single_lens_mae']:.3f} "
               f"| {r['single_lens_bias']:+.3f} |")
     for name in variants:

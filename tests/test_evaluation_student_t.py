@@ -113,3 +113,13 @@ def test_predict_writes_std_and_df(t_run, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 20
     assert float(rows[0][f"{TARGET}_std"]) > 0 and float(rows[0][f"{TARGET}_df"]) > 2
+
+
+def test_infer_population_with_the_calibrated_likelihood(t_run):
+    out = t_run["root"] / "population-calibrated"
+    argv = ["infer-population", "--run", str(t_run["run"]), "--data", str(t_run["shared"]), "--grid", "401",
+            "--out", str(out), "--likelihood", "calibrated"]
+    assert main(argv) == 0
+    result = json.loads((out / "population.json").read_text())
+    assert result["method"] == "calibrated likelihood" and result["likelihood"]["examples"] == 40
+    assert -24.0 <= result["posterior"]["hdi_95"][0] <= result["posterior"]["hdi_95"][1] <= -22.0

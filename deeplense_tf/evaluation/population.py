@@ -408,12 +408,17 @@ def infer_population(
     batch_size: int = 256,
     edge_correction: bool = True,
     systematic_std: float = 0.0,
+    likelihood: SummaryLikelihood | None = None,
 ) -> tuple[dict, PopulationPosterior]:
     """Predict every lens of `examples` with `run` and combine them for `target`.
 
+    With `likelihood` (a `SummaryLikelihood` fitted on labelled predictions of this run)
+    the lenses are combined through it (`combine_summaries`) instead of as a product of
+    posteriors.
+
     Returns `(result, posterior)`: `result` is what population.json holds (target,
-    lenses, prior, posterior summary, narrowing; the truth when the data set gives one
-    value for all lenses, or its spread otherwise).
+    lenses, prior, method, posterior summary, narrowing; the truth when the data set
+    gives one value for all lenses, or its spread otherwise).
     """
     target = target or run.targets[0]
     if target not in run.targets:
@@ -440,8 +445,12 @@ def infer_population(
         prior_source = "uniform, given"
     prediction = run.predict(images, batch_size=batch_size, tta=tta)[target]
     predictive = Predictive.from_prediction(prediction)
-    posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size,
-                                   edge_correction=edge_correction, systematic_std=systematic_std)
+    if likelihood is None:
+        posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size,
+                                       edge_correction=edge_correction, systematic_std=systematic_std)
+    else:
+        posterior = combine_summaries(predictive, likelihood, prior_range, grid_size=grid_size,
+                                      systematic_std=systematic_std)
     result = {
         "data": str(examples.source),
         "target": target,
@@ -449,9 +458,11 @@ def infer_population(
         "tta": bool(tta),
         "family": predictive.family,
         "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
-        "edge_correction": bool(edge_correction),
+        "method": "product of posteriors" if likelihood is None else "calibrated likelihood",
+        "edge_correction": bool(edge_correction) and likelihood is None,
         "systematic_std": float(systematic_std),
         "grid": int(grid_size),
+        **({} if likelihood is None else {"likelihood": likelihood.to_dict()}),
         "posterior": posterior.summary(),
         "narrowing": posterior.narrowing(),
     }

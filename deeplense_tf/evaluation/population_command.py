@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-edge-correction", action="store_true",
                         help="multiply the per-lens posteriors as they are, without undoing their "
                         "truncation at the prior's edges (docs/population.md)")
+    parser.add_argument("--likelihood", choices=("posterior", "calibrated"), default="posterior",
+                        help="posterior: the product of the per-lens posteriors with the training prior "
+                        "divided out (default); calibrated: the likelihood of each prediction given the "
+                        "shared value, calibrated on the run's validation split (docs/population.md)")
     parser.add_argument("--systematic", default="0", metavar="DEX|auto",
                         help="std of the model's bias shared by all lenses, integrated out (the floor "
                         "of the combined width); 'auto' measures it on the run's validation split "
@@ -50,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def infer_population_command(run_path, data, *, split="test", limit=None, target=None, tta=False,
                              prior_range=None, grid=DEFAULT_GRID, batch_size=256, out=None,
-                             edge_correction=True, systematic="0", verbose=True) -> dict:
+                             edge_correction=True, systematic="0", likelihood="posterior",
+                             verbose=True) -> dict:
     """What `deeplense infer-population` does, callable from Python; returns population.json's dict
     with `written` added."""
     from deeplense_tf.data import load_examples
@@ -62,10 +67,14 @@ def infer_population_command(run_path, data, *, split="test", limit=None, target
         raise ConfigError(f"--grid must be at least 3, got {grid}")
     run = Run.load(run_path)
     systematic_std = _systematic(run, systematic, target, tta, batch_size)
+    summary_likelihood = None
+    if likelihood == "calibrated":
+        summary_likelihood = _calibrated_likelihood(run, target, tta, batch_size, prior_range)
     examples = load_examples(str(data), split=split, limit=limit)
     result, posterior = infer_population(run, examples, target=target, tta=tta, prior_range=prior_range,
                                          grid_size=grid, batch_size=batch_size,
-                                         edge_correction=edge_correction, systematic_std=systematic_std)
+                                         edge_correction=edge_correction, systematic_std=systematic_std,
+                                         likelihood=summary_likelihood)
     result = {"run": str(run_path), "split": split, **result}
     out_dir = Path(out) if out is not None else Path(run_path) / "population"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,10 +122,27 @@ def _systematic(run, value, target, tta, batch_size) -> float:
     return floor
 
 
+def _calibrated_likelihood(run, target, tta, batch_size, prior_range):
+    """`SummaryLikelihood` of `run` fitted on its validation split."""
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.population import SummaryLikelihood, training_prior_range
+
+    target = target or run.targets[0]
+    if prior_range is None:
+        prior_range, _ = training_prior_range(run, target)
+    val = load_examples(run.data_path(None), split="val")
+    keep = np.isfinite(val.targets[target])
+    pred = run.predict(val.images[keep], batch_size=batch_size, tta=tta)[target]
+    fitted = SummaryLikelihood.fit(val.targets[target][keep], pred["mean"], pred["std"], prior_range)
+    print(f"likelihood of the predictions calibrated on {fitted.examples} validation lenses")
+    return fitted
+
+
 def run(args) -> int:
     infer_population_command(
         args.run, args.data, split=args.split, limit=args.limit, target=args.target, tta=args.tta,
         prior_range=args.prior_range, grid=args.grid, batch_size=args.batch_size, out=args.out,
         edge_correction=not args.no_edge_correction, systematic=args.systematic,
+        likelihood=args.likelihood,
     )
     return 0
