@@ -1,7 +1,7 @@
 """Population inference on lenses that all share one axion mass: coverage, width vs N, edge bias.
 
     python benchmarks/bench_population.py --run RUN --work /work/p-pop \
-        --masses -24.0 -23.5 -23.0 -22.5 -22.0 --sets 100 --lenses 50 --seed 11
+        --masses -24.0 -23.5 -23.0 -22.5 -22.0 -23.9 -22.1 --sets 100 --lenses 50 --seed 11
 
 For each mass m in `--masses`, simulates `--sets * --lenses` axion images of the run's
 preset with log10 m fixed at m (the preset's prior range collapsed to (m, m) through the
@@ -47,7 +47,8 @@ def simulate_pool(preset, mass: float, count: int, seed: int, path: Path, worker
     """`count` images with log10 m fixed at `mass` -> {"images" [N,H,W,1], "truth" [N]}; cached."""
     if path.is_file():
         data = np.load(path)
-        if len(data["truth"]) >= count:
+        made_with = int(data["seed"]) if "seed" in data else seed  # pools of the first run lack it
+        if len(data["truth"]) >= count and made_with == seed:
             return {"images": data["images"][:count], "truth": data["truth"][:count]}
     from deeplense_tf.simulation.simulator import simulate_range
 
@@ -66,7 +67,7 @@ def simulate_pool(preset, mass: float, count: int, seed: int, path: Path, worker
     images = np.stack([e["image"] for e in examples]).astype(np.float32)
     truth = np.array([e["targets"]["log10_m_axion_ev"] for e in examples], np.float64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images, truth=truth)
+    np.savez(path, images=images, truth=truth, seed=seed)
     print(f"simulated {count} images at log10 m = {mass} in {time.perf_counter() - start:.0f} s -> {path}",
           file=sys.stderr)
     return {"images": images, "truth": truth}
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", type=int, default=100, help="repeated sets per mass (default 100)")
     parser.add_argument("--lenses", type=int, default=50, help="lenses per set (default 50)")
     parser.add_argument("--max-n", type=int, default=1000, help="largest N of the width-vs-N table")
-    parser.add_argument("--seed", type=int, default=11, help="simulation seed of the first mass (+1 per mass)")
+    parser.add_argument("--seed", type=int, default=11,
+                        help="simulation seed of the first mass in --masses (+1 for each next one)")
     parser.add_argument("--workers", type=int, default=1, help="simulation processes")
     parser.add_argument("--grid", type=int, default=4001, help="grid points over the prior range")
     parser.add_argument("--tta", action="store_true", help="per-lens posteriors from the 8-view mixture")
