@@ -123,3 +123,14 @@ def test_infer_population_with_the_calibrated_likelihood(t_run):
     result = json.loads((out / "population.json").read_text())
     assert result["method"] == "calibrated likelihood" and result["likelihood"]["examples"] == 40
     assert -24.0 <= result["posterior"]["hdi_95"][0] <= result["posterior"]["hdi_95"][1] <= -22.0
+
+
+def test_export_carries_std_and_df_equal_to_keras(t_run, tmp_path):
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(t_run["run"]), "--out", str(out), "--tflite", "fp32"]) == 0
+    report = json.loads(next(out.glob("*/1/export.json")).read_text())
+    outputs = report["signatures"]["serving_default"]["outputs"]
+    assert set(outputs) == {TARGET, f"{TARGET}_std", f"{TARGET}_df"}
+    for check in (report["checks"]["saved_model"], report["checks"]["tflite"]["fp32"]):
+        assert check["max_scaled_diff"][f"{TARGET}_df"] < check["tolerance"]
+        assert check["max_scaled_diff"][f"{TARGET}_std"] < check["tolerance"]
