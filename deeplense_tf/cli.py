@@ -19,6 +19,7 @@ from deeplense_tf.errors import DeepLenseError
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("deeplense_tf.quickstart", "simulate, train, evaluate, export and cluster a small default run"),
     "simulate": ("deeplense_tf.simulation.commands", "simulate lensing images into TFRecord shards"),
+    "merge-data": ("deeplense_tf.simulation.merge_command", "make the slices of a sliced simulation one data set"),
     "train": ("deeplense_tf.training.commands", "train a regressor on a data set"),
     "evaluate": ("deeplense_tf.evaluation.commands", "metrics and plots of a run on a data set"),
     "predict": ("deeplense_tf.evaluation.predict_command", "predictions with uncertainties as CSV or JSON"),

@@ -319,3 +319,117 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     for pid in alive:  # do not leave them behind even when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"worker processes {alive} outlived their killed parent by 5 s"
+
+
+# --- sliced simulation: N tasks + merge-data == one run (issue 19) -------------------------
+
+SLICE_ARGS = ["--preset", PRESET, "--num", "30", "--seed", "5", "--shards", "4", "--workers", "1",
+              "--classes", "mix"]
+
+
+def _nan_safe(records):
+    """`_read_records` values with floats as their repr, so NaN (undefined) equals NaN."""
+    return {i: (image, class_id, {k: repr(v) for k, v in targets.items()},
+                {k: repr(v) for k, v in nuisance.items()}, split)
+            for i, (image, class_id, targets, nuisance, split) in records.items()}
+
+
+def _file_hashes(paths):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+@pytest.fixture(scope="module")
+def sliced_and_single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sliced")
+    single, sliced = root / "single", root / "sliced"
+    assert main(["simulate", *SLICE_ARGS, "--no-progress", "--out", str(single)]) == 0
+    # Three task processes at once, as three machines would run them on shared storage.
+    tasks = [subprocess.Popen([sys.executable, "-m", "deeplense_tf", "simulate", *SLICE_ARGS,
+                               "--no-progress", "--out", str(sliced), "--task-index", str(i),
+                               "--num-tasks", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(3)]
+    outputs = [task.communicate(timeout=600) for task in tasks]
+    for task, (_, err) in zip(tasks, outputs):
+        assert task.returncode == 0, err
+    return single, sliced, outputs
+
+
+def test_three_tasks_and_merge_equal_one_run(sliced_and_single, capsys):
+    single, sliced, outputs = sliced_and_single
+    # Each task wrote a disjoint slice of the single run's shards, byte for byte.
+    single_manifest = json.loads((single / "manifest.json").read_text())
+    all_shards = [n for info in single_manifest["splits"].values() for n in info["shards"]]
+    assert len(all_shards) == 6  # 4 train + 1 val + 1 test: 2 per task
+    task_files = sorted(sliced.glob("task-*-of-00003/*.tfrecord"))
+    assert sorted(p.name for p in task_files) == sorted(all_shards)
+    assert _file_hashes(task_files) == _file_hashes(single / n for n in all_shards)
+    assert not (sliced / "manifest.json").exists()  # not a data set until merged
+    assert "deeplense merge-data" in outputs[0][1]
+
+    assert main(["merge-data", str(sliced)]) == 0
+    printed = capsys.readouterr().out
+    assert str(sliced / "manifest.json") in printed
+    merged, records = _read_records(sliced)
+    expected_manifest, expected = _read_records(single)
+    assert _nan_safe(records) == _nan_safe(expected)  # every image, label, nuisance, split
+    # The shards were not copied: the manifest points into the task folders.
+    assert not list(sliced.glob("*.tfrecord"))
+    assert merged["splits"]["train"]["shards"][1] == "task-00001-of-00003/train-00001-of-00004.tfrecord"
+    assert merged["tasks"] == {"num_tasks": 3, "folders": [f"task-0000{i}-of-00003" for i in range(3)]}
+    differ = {"splits", "created", "tasks"}
+    assert {k: v for k, v in merged.items() if k not in differ} == \
+        {k: v for k, v in expected_manifest.items() if k not in differ}
+    assert (sliced / "preview.png").stat().st_size > 10_000
+
+
+def test_merged_set_reads_through_the_readers_and_tf_data(sliced_and_single):
+    from deeplense_tf.data import build_dataset, load_examples
+
+    single, sliced, _ = sliced_and_single
+    for split in ("train", "test"):
+        a, b = load_examples(str(sliced), split=split), load_examples(str(single), split=split)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.class_id, b.class_id)
+    train = load_examples(str(single), split="train")
+    axion = int(np.isfinite(train.targets["log10_m_axion_ev"]).sum())  # the others have no mass
+    batches = list(build_dataset(str(sliced), "train", targets=["log10_m_axion_ev"], batch_size=64))
+    assert axion > 0 and sum(int(images.shape[0]) for images, _ in batches) == axion
+
+
+def test_merge_refuses_missing_unfinished_and_foreign_tasks(sliced_and_single, tmp_path):
+    import shutil
+
+    _, sliced, _ = sliced_and_single
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for i in (0, 2):
+        shutil.copytree(sliced / f"task-0000{i}-of-00003", partial / f"task-0000{i}-of-00003")
+    with pytest.raises(DataError, match="task-00001-of-00003 of 3 are missing"):
+        writer.merge_tasks(partial)
+    shutil.copytree(sliced / "task-00001-of-00003", partial / "task-00001-of-00003")
+    (partial / "task-00001-of-00003" / "task.json").unlink()  # killed before it finished
+    with pytest.raises(DataError, match="task-00001-of-00003 have not finished"):
+        writer.merge_tasks(partial)
+    shutil.rmtree(partial / "task-00001-of-00003")
+    # A task of another seed does not belong to this data set.
+    assert main(["simulate", *SLICE_ARGS[:4], "--seed", "6", *SLICE_ARGS[6:], "--no-progress",
+                 "--out", str(partial), "--task-index", "1", "--num-tasks", "3"]) == 0
+    with pytest.raises(DataError, match="sliced another data set"):
+        writer.merge_tasks(partial)
+    with pytest.raises(DataError, match="no task folders"):
+        writer.merge_tasks(tmp_path / "partial" / "task-00000-of-00003")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task-index", "0"], "go together"),
+    (["--task-index", "3", "--num-tasks", "3"], "must be in 0..2"),
+    (["--task-index", "0", "--num-tasks", "7"], "more than the data set's 6 shards"),
+])
+def test_bad_task_arguments_are_one_line(tmp_path, capsys, argv, message):
+    assert main(["simulate", *SLICE_ARGS, "--out", str(tmp_path / "x"), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x").exists()

@@ -56,7 +56,11 @@ def encode_example(
             feature[prefix + name] = tf.train.Feature(
                 float_list=tf.train.FloatList(value=[float(value)])
             )
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the feature map's entries in key order. Otherwise their order follows
+    # the process's string-hash seed, and the same example written by two processes (two
+    # simulate tasks, or a rerun) would not be the same bytes.
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def feature_spec(targets, nuisances) -> dict:

@@ -1,4 +1,9 @@
-"""`deeplense simulate`: simulate lensing images into TFRecord shards."""
+"""`deeplense simulate`: simulate lensing images into TFRecord shards.
+
+`--task-index I --num-tasks N` writes task I's slice of the data set into
+`OUT/task-<I>-of-<N>/` (one machine or pod per task); `deeplense merge-data OUT`
+(`merge_command.py`) then makes the slices one data set. See docs/simulation.md.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="substructure classes to draw: 'mix' (all three, in turn), "
                              "'no_sub', 'cdm', 'axion' or a comma list (default: the "
                              "preset's, axion for every preset)")
+    parser.add_argument("--task-index", type=int, default=None, metavar="I",
+                        help="write only task I's slice (every N-th shard) into "
+                             "OUT/task-I-of-N/; with --num-tasks")
+    parser.add_argument("--num-tasks", type=int, default=None, metavar="N",
+                        help="number of tasks the data set is sliced into (merge the slices "
+                             "with `deeplense merge-data OUT`)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -46,15 +57,30 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
 
-    from deeplense_tf.simulation.writer import PREVIEW_NAME, write_dataset
+    from deeplense_tf.simulation.writer import (
+        PREVIEW_NAME,
+        TASK_FILE,
+        task_folder_name,
+        write_dataset,
+    )
 
     started = time.perf_counter()
     manifest = write_dataset(
         preset, args.num, args.out, seed=args.seed, workers=workers, shards=args.shards,
         val_fraction=args.val, test_fraction=args.test, progress=not args.no_progress,
+        task_index=args.task_index, num_tasks=args.num_tasks,
     )
     elapsed = time.perf_counter() - started
     out = args.out.rstrip("/")
+    if args.task_index is not None:
+        folder = f"{out}/{task_folder_name(args.task_index, args.num_tasks)}"
+        for name in manifest["shards"]:
+            print(f"{folder}/{name}")
+        print(f"{folder}/{TASK_FILE}")
+        print(f"{folder}: task {args.task_index} of {args.num_tasks}, {len(manifest['shards'])} "
+              f"shards of {manifest['preset']}, seed {manifest['seed']} ({elapsed:.1f} s); "
+              f"when every task is done: deeplense merge-data {out}", file=sys.stderr)
+        return 0
     for info in manifest["splits"].values():
         for name in info["shards"]:
             print(f"{out}/{name}")

@@ -7,6 +7,17 @@ simulate and return numpy arrays; this process serialises them with
 `manifest.json` is written last. A plan file records what the folder is being filled with,
 so an interrupted run resumes (complete shards are kept as they are) and a different
 preset / seed / size is refused.
+
+Sliced over machines (`task_index`, `num_tasks`): the shard plan is the one a single run
+would make, and task I writes every N-th shard (I, I+N, ...) into its own folder
+`OUT/task-<I>-of-<N>/`, finished by `task.json`. Since every example is a pure function
+of (preset, seed, index), those shard files are byte for byte the single run's.
+`merge_tasks(OUT)` checks that every task finished the same data set and writes
+`OUT/manifest.json` (and the preview) listing each shard where its task wrote it
+(`task-00001-of-00004/train-00001-of-00013.tfrecord`): the shards are not copied, and
+the readers and tf.data read them in place. The statistics are computed from the train
+shards exactly as a single run does, so the merged manifest equals the single run's but
+for the shard paths, `created` and `tasks`.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from deeplense_tf.simulation import simulator
 from deeplense_tf.simulation.presets import Preset, get_preset
 
 PLAN_NAME = "simulation_plan.json"
+TASK_FILE = "task.json"  # written last in a task folder: that task's shards are complete
 PREVIEW_NAME = "preview.png"
 DEFAULT_SHARD_SIZE = 1024  # examples per train shard when --shards is not given
 PREVIEW_PER_CLASS = 6
@@ -124,13 +136,16 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     write_json_atomic(path, data, allow_nan=False)  # other tools parse the manifest strictly
 
 
-def _check_folder(out: Path, identity: dict) -> str:
-    """'new', 'resume' or 'complete'; DataError if the folder holds something else."""
+def _check_folder(out: Path, identity: dict, done_name: str = schema.MANIFEST_NAME) -> str:
+    """'new', 'resume' or 'complete'; DataError if the folder holds something else.
+
+    `done_name` is the file written last (the manifest, or a task folder's task.json).
+    """
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a folder")
     if not out.exists():
         return "new"
-    manifest_path, plan_path = out / schema.MANIFEST_NAME, out / PLAN_NAME
+    manifest_path, plan_path = out / done_name, out / PLAN_NAME
     for path in (manifest_path, plan_path):
         if not path.exists():
             continue
@@ -254,12 +269,11 @@ def _write_shards(preset: Preset, seed: int, missing: list[ShardPlan], out: Path
             writer.close()  # leaves <name>.tmp; the next run rewrites it
 
 
-def _read_split(out: Path, plans: list[ShardPlan], preset: Preset):
-    """Yield (index, image, class_id, targets) of the shards in `plans` (for statistics)."""
+def _read_split(paths: list[Path], preset: Preset):
+    """Yield (index, image, class_id, targets) of the shard files `paths` (for statistics)."""
     import tensorflow as tf
 
-    for plan in plans:
-        path = out / plan.name
+    for path in paths:
         try:
             for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
                 ex = tf.train.Example.FromString(raw)
@@ -274,13 +288,13 @@ def _read_split(out: Path, plans: list[ShardPlan], preset: Preset):
                             "re-run the same command to rewrite it") from None
 
 
-def _train_statistics(out: Path, plans: list[ShardPlan], preset: Preset):
-    """target_stats, image_stats of the train split, and preview examples per class."""
+def _train_statistics(train_shards: list[Path], preset: Preset):
+    """target_stats, image_stats of the train split (its shard files, in plan order), and
+    preview examples per class."""
     values = {name: [] for name in preset.targets}
     total, total_sq, count, maxima = 0.0, 0.0, 0, []
     preview = {c: [] for c in range(len(schema.CLASS_NAMES))}
-    for index, image, class_id, targets in _read_split(
-            out, [p for p in plans if p.split == "train"], preset):
+    for index, image, class_id, targets in _read_split(train_shards, preset):
         pixels = image.astype(np.float64)
         total += pixels.sum()
         total_sq += np.square(pixels).sum()
@@ -346,25 +360,34 @@ def _versions() -> dict:
             "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
-def write_dataset(preset, num: int, out_dir, seed: int = 0, workers: int = 1,
-                  shards: int | None = None, val_fraction: float = 0.1,
-                  test_fraction: float = 0.1, classes=None, progress: bool = True) -> dict:
-    """Simulate `num` examples of `preset` (a name or a Preset) into `out_dir`.
+def _validate_task(task_index, num_tasks, plans: list[ShardPlan]) -> None:
+    def is_int(x):
+        return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
-    `classes`: None (the preset's), "mix", a class name or a list of names. `shards`: the
-    number of train shards. Example i is bit-identical whatever `workers` and `shards`.
-    Re-running after an interruption writes only the missing shards. Returns the manifest.
-    Raises ConfigError for bad arguments, DataError if `out_dir` holds another data set.
-    """
-    if isinstance(preset, str):
-        preset = get_preset(preset)
-    preset = preset.with_classes(classes)
-    _validate(num, seed, workers, shards, val_fraction, test_fraction)
-    out = Path(out_dir)
-    counts = split_counts(num, val_fraction, test_fraction)
-    plans = plan_shards(counts, shards)
-    identity = _identity(preset, seed, num, val_fraction, test_fraction, plans)
-    state = _check_folder(out, identity)
+    if (task_index is None) != (num_tasks is None):
+        raise ConfigError("--task-index and --num-tasks go together (task I of N)")
+    if task_index is None:
+        return
+    if not is_int(num_tasks) or num_tasks < 1:
+        raise ConfigError(f"--num-tasks must be at least 1, got {num_tasks!r}")
+    if not is_int(task_index) or not 0 <= task_index < num_tasks:
+        raise ConfigError(f"--task-index must be in 0..{num_tasks - 1} for --num-tasks "
+                          f"{num_tasks}, got {task_index!r}")
+    if num_tasks > len(plans):
+        raise ConfigError(f"--num-tasks {num_tasks} is more than the data set's {len(plans)} "
+                          f"shards (each task writes whole shards); pass --shards {num_tasks} "
+                          "or more, or use fewer tasks")
+
+
+def task_folder_name(task_index: int, num_tasks: int) -> str:
+    """`task-00002-of-00008`: where task `task_index` of `num_tasks` writes its shards."""
+    return f"task-{task_index:05d}-of-{num_tasks:05d}"
+
+
+def _fill_folder(out: Path, identity: dict, plans: list[ShardPlan], done_name: str,
+                 preset: Preset, seed: int, workers: int, progress: bool) -> bool:
+    """Write the shards of `plans` missing in `out`; True if `out` was complete already."""
+    state = _check_folder(out, identity, done_name)
     out.mkdir(parents=True, exist_ok=True)
     if state == "new":
         _write_json_atomic(out / PLAN_NAME, identity)
@@ -375,23 +398,29 @@ def write_dataset(preset, num: int, out_dir, seed: int = 0, workers: int = 1,
     if state == "complete" and not missing:
         if progress:
             print(f"{out} already holds this data set; nothing to do", file=sys.stderr)
-        return json.loads((out / schema.MANIFEST_NAME).read_text())
+        return True
 
     from tqdm.auto import tqdm
 
-    done = num - sum(p.stop - p.start for p in missing)
-    with tqdm(total=num, initial=done, unit="img", desc=f"simulate {preset.name}",
+    total = sum(p.stop - p.start for p in plans)
+    done = total - sum(p.stop - p.start for p in missing)
+    with tqdm(total=total, initial=done, unit="img", desc=f"simulate {preset.name}",
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         _write_shards(preset, seed, missing, out, workers, bar)
+    return False
 
-    target_stats, image_stats, preview = _train_statistics(out, plans, preset)
-    _write_preview(out / PREVIEW_NAME, preset, preview)
-    manifest = {
+
+def _manifest(preset: Preset, identity: dict, splits: dict, train_shards: list[Path],
+              preview_path: Path) -> dict:
+    """The data set's manifest (statistics read from the train shards) and its preview."""
+    target_stats, image_stats, preview = _train_statistics(train_shards, preset)
+    _write_preview(preview_path, preset, preview)
+    return {
         "format_version": schema.FORMAT_VERSION,
         "preset": preset.name,
         "description": preset.description,
-        "seed": int(seed),
-        "num": int(num),
+        "seed": identity["seed"],
+        "num": identity["num"],
         "classes": list(schema.CLASS_NAMES),
         "drawn_classes": list(preset.classes),
         "image_shape": list(preset.image_shape),
@@ -401,14 +430,132 @@ def write_dataset(preset, num: int, out_dir, seed: int = 0, workers: int = 1,
         "nuisances": list(preset.nuisances),
         "target_kinds": {name: dict(preset.target_kinds[name]) for name in preset.targets},
         "exact_symmetries": list(preset.exact_symmetries),
-        "splits": identity["splits"],
-        "val_fraction": float(val_fraction),
-        "test_fraction": float(test_fraction),
+        "splits": splits,
+        "val_fraction": identity["val_fraction"],
+        "test_fraction": identity["test_fraction"],
         "target_stats": target_stats,
         "image_stats": image_stats,
         "versions": _versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_dataset(preset, num: int, out_dir, seed: int = 0, workers: int = 1,
+                  shards: int | None = None, val_fraction: float = 0.1,
+                  test_fraction: float = 0.1, classes=None, progress: bool = True,
+                  task_index: int | None = None, num_tasks: int | None = None) -> dict:
+    """Simulate `num` examples of `preset` (a name or a Preset) into `out_dir`.
+
+    `classes`: None (the preset's), "mix", a class name or a list of names. `shards`: the
+    number of train shards. Example i is bit-identical whatever `workers` and `shards`.
+    Re-running after an interruption writes only the missing shards. Returns the manifest.
+
+    With `task_index` I and `num_tasks` N, writes only task I's slice (every N-th shard of
+    the same plan) into `out_dir/task-<I>-of-<N>/` and returns that task's `task.json`;
+    `merge_tasks(out_dir)` makes the data set once all N are done (module docstring).
+    Raises ConfigError for bad arguments, DataError if `out_dir` holds another data set.
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    preset = preset.with_classes(classes)
+    _validate(num, seed, workers, shards, val_fraction, test_fraction)
+    out = Path(out_dir)
+    counts = split_counts(num, val_fraction, test_fraction)
+    plans = plan_shards(counts, shards)
+    _validate_task(task_index, num_tasks, plans)
+    identity = _identity(preset, seed, num, val_fraction, test_fraction, plans)
+
+    if task_index is not None:
+        task_out = out / task_folder_name(task_index, num_tasks)
+        task_identity = {**identity, "task_index": int(task_index), "num_tasks": int(num_tasks)}
+        mine = plans[task_index::num_tasks]
+        if _fill_folder(task_out, task_identity, mine, TASK_FILE, preset, seed, workers, progress):
+            return json.loads((task_out / TASK_FILE).read_text())
+        task = {**task_identity, "format_version": schema.FORMAT_VERSION,
+                "shards": [p.name for p in mine], "versions": _versions(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds")}
+        _write_json_atomic(task_out / TASK_FILE, task)
+        (task_out / PLAN_NAME).unlink(missing_ok=True)
+        return task
+
+    if _fill_folder(out, identity, plans, schema.MANIFEST_NAME, preset, seed, workers, progress):
+        return json.loads((out / schema.MANIFEST_NAME).read_text())
+    train = [out / p.name for p in plans if p.split == "train"]
+    manifest = _manifest(preset, identity, identity["splits"], train, out / PREVIEW_NAME)
     _write_json_atomic(out / schema.MANIFEST_NAME, manifest)
     (out / PLAN_NAME).unlink(missing_ok=True)
+    return manifest
+
+
+_TASK_KEYS = ("task_index", "num_tasks", "format_version", "shards", "versions", "created")
+
+
+def merge_tasks(out_dir, progress: bool = True) -> dict:
+    """Make one data set of the task folders in `out_dir`: writes `out_dir/manifest.json`
+    listing every shard in its task folder (nothing is copied) and `preview.png`.
+
+    Raises DataError naming what is wrong when a task is missing or unfinished, when the
+    tasks sliced different data sets, or when `out_dir` already holds another data set.
+    Merging again after a merge returns the manifest as it is.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DataError(f"{out}: no such folder")
+    folders = sorted(p for p in out.glob("task-*-of-*") if p.is_dir())
+    if not folders:
+        raise DataError(f"{out}: no task folders (task-I-of-N) to merge; run `deeplense "
+                        "simulate ... --out DIR --task-index I --num-tasks N` first")
+    tasks, unfinished = {}, []
+    for folder in folders:
+        try:
+            tasks[folder.name] = json.loads((folder / TASK_FILE).read_text())
+        except FileNotFoundError:
+            unfinished.append(folder.name)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{folder / TASK_FILE} is unreadable ({err}); re-run that task") from None
+    if unfinished:
+        raise DataError(f"{out}: task(s) {', '.join(unfinished)} have not finished (no "
+                        f"{TASK_FILE}); re-run them with the same command")
+    first = next(iter(tasks.values()))
+    identity = {k: v for k, v in first.items() if k not in _TASK_KEYS}
+    num_tasks = first.get("num_tasks")
+    for name, task in tasks.items():
+        if {k: v for k, v in task.items() if k not in _TASK_KEYS} != identity or \
+                task.get("num_tasks") != num_tasks:
+            raise DataError(f"{out}: {name} sliced another data set than {folders[0].name} "
+                            "(preset, seed, size, splits or number of tasks differ)")
+        if name != task_folder_name(task["task_index"], num_tasks):
+            raise DataError(f"{out / name}: its {TASK_FILE} says task {task['task_index']} "
+                            f"of {num_tasks}; the folder was renamed or copied")
+    missing = [task_folder_name(i, num_tasks) for i in range(num_tasks)
+               if task_folder_name(i, num_tasks) not in tasks]
+    if missing:
+        raise DataError(f"{out}: task(s) {', '.join(missing)} of {num_tasks} are missing; "
+                        "run them (same command, those --task-index values) and merge again")
+
+    where = {shard: name for name, task in tasks.items() for shard in task["shards"]}
+    splits = {}
+    for split, info in identity["splits"].items():
+        absent = [s for s in info["shards"] if s not in where or not (out / where[s] / s).is_file()]
+        if absent:
+            raise DataError(f"{out}: shard(s) {', '.join(absent[:3])} of split {split!r} are "
+                            "not in the task folders; re-run the task that writes them")
+        splits[split] = {"count": info["count"],
+                         "shards": [f"{where[s]}/{s}" for s in info["shards"]]}
+
+    manifest_path = out / schema.MANIFEST_NAME
+    if manifest_path.is_file():
+        held = json.loads(manifest_path.read_text())
+        if held.get("splits") == splits and held.get("seed") == identity["seed"]:
+            if progress:
+                print(f"{out} is merged already; nothing to do", file=sys.stderr)
+            return held
+        raise DataError(f"{manifest_path} describes another data set; merge into a new folder")
+
+    preset = get_preset(identity["preset"]).with_classes(identity["drawn_classes"])
+    train = [out / path for path in splits["train"]["shards"]]
+    manifest = _manifest(preset, identity, splits, train, out / PREVIEW_NAME)
+    manifest["tasks"] = {"num_tasks": num_tasks, "folders": sorted(tasks)}
+    _write_json_atomic(manifest_path, manifest)
     return manifest
