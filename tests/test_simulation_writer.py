@@ -433,3 +433,33 @@ def test_bad_task_arguments_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_the_indexed_job_runs_every_task_of_one_data_set():
+    """deploy/simulate-indexed-job.yaml: N pods, pod I runs task I of N with valid arguments."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from deeplense_tf.cli import build_parser
+
+    deploy = Path(__file__).parent.parent / "deploy"
+    job = yaml.safe_load((deploy / "simulate-indexed-job.yaml").read_text())
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    [container] = spec["template"]["spec"]["containers"]
+    command = shlex.split(container["args"][0].replace('"$JOB_COMPLETION_INDEX"', "7"))
+    assert command[:2] == ["exec", "deeplense"]
+    args = build_parser("simulate").parse_args(command[2:])
+    assert args.task_index == 7 and args.num_tasks == spec["completions"]
+    # Enough shards for every task (the writer refuses more tasks than shards).
+    plans = writer.plan_shards(writer.split_counts(args.num, args.val, args.test), args.shards)
+    assert len(plans) >= args.num_tasks
+    merge = yaml.safe_load((deploy / "merge-job.yaml").read_text())
+    [merger] = merge["spec"]["template"]["spec"]["containers"]
+    assert merger["args"][:2] == ["merge-data", args.out]
+    claims = {v["persistentVolumeClaim"]["claimName"]
+              for j in (job, merge) for v in j["spec"]["template"]["spec"]["volumes"]}
+    pvc = yaml.safe_load((deploy / "data-pvc.yaml").read_text())
+    assert claims == {pvc["metadata"]["name"]} and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
