@@ -225,6 +225,8 @@ def test_summary_likelihood_goes_flat_where_the_model_saturates():
     assert np.interp(-24.0, likelihood.grid, likelihood.bias) == pytest.approx(0.2, abs=0.03)
     assert np.interp(-23.0, likelihood.grid, likelihood.bias) == pytest.approx(0.0, abs=0.01)
     assert np.interp(-23.0, likelihood.grid, likelihood.spread) == pytest.approx(1.0, abs=0.1)
+    # Standard error of b: 0.05 / sqrt(effective count), ~2000/dex x 0.08 x 2 sqrt(pi) = 570.
+    assert np.interp(-23.0, likelihood.grid, likelihood.bias_error) == pytest.approx(0.05 / math.sqrt(570), rel=0.3)
 
     mean, std = model(np.full(50, -24.0))
     lenses = Predictive(mean, std)
@@ -238,4 +240,7 @@ def test_summary_likelihood_goes_flat_where_the_model_saturates():
     mean, std = model(np.full(50, -23.0))
     middle = combine_summaries(Predictive(mean, std), likelihood, (-24.0, -22.0)).summary()
     assert middle["mean"] == pytest.approx(-23.0, abs=0.03)
-    assert middle["std"] == pytest.approx(0.05 / math.sqrt(50), rel=0.25)
+    floor = float(np.interp(-23.0, likelihood.grid, likelihood.bias_error))
+    assert middle["std"] == pytest.approx(math.hypot(0.05 / math.sqrt(50), floor), rel=0.2)
+    no_floor = combine_summaries(Predictive(mean, std), likelihood, (-24.0, -22.0), systematic_std=0.0)
+    assert no_floor.summary()["std"] < middle["std"]

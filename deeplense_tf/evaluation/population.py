@@ -305,6 +305,9 @@ class SummaryLikelihood:
     Attributes:
         grid: `[G]` values of θ where b and c are tabulated (physical units).
         bias, spread: `[G]` b(θ) and c(θ).
+        bias_error: `[G]` standard error of b(θ) (from the finite labelled split). Every
+            lens shares that error, so N lenses cannot average it away: it is the floor
+            `combine_summaries` integrates out.
         bandwidth: the kernel width (physical units) of the fits.
         examples: how many labelled examples were used.
     """
@@ -312,6 +315,7 @@ class SummaryLikelihood:
     grid: np.ndarray
     bias: np.ndarray
     spread: np.ndarray
+    bias_error: np.ndarray
     bandwidth: float
     examples: int
 
@@ -331,9 +335,15 @@ class SummaryLikelihood:
         s0, s1, s2 = weights.sum(1), (weights * dx).sum(1), (weights * dx**2).sum(1)
         t0, t1 = (weights * residual).sum(1), (weights * dx * residual).sum(1)
         bias = (s2 * t0 - s1 * t1) / (s0 * s2 - s1**2)
-        z2 = ((residual - np.interp(y, grid, bias)) / sd) ** 2
+        error = residual - np.interp(y, grid, bias)
+        z2 = (error / sd) ** 2
         spread = np.sqrt((weights * z2).sum(1) / s0)
-        return cls(grid=grid, bias=bias, spread=spread, bandwidth=float(bandwidth), examples=int(ok.sum()))
+        # The local-linear estimate is sum_k l_k r_k with l_k = w_k (s2 - s1 dx_k) / (s0 s2 - s1²):
+        # its standard error is sqrt(sum_k l_k² e_k²).
+        effective = weights * (s2[:, None] - s1[:, None] * dx) / (s0 * s2 - s1**2)[:, None]
+        bias_error = np.sqrt((effective**2 * error[None, :] ** 2).sum(1))
+        return cls(grid=grid, bias=bias, spread=spread, bias_error=bias_error, bandwidth=float(bandwidth),
+                   examples=int(ok.sum()))
 
     def log_likelihood_grid(self, predictive: Predictive, grid) -> np.ndarray:
         """`[N, G]`: log p(mean_i | θ) for every lens and every θ in `grid`."""
@@ -351,20 +361,28 @@ class SummaryLikelihood:
     def to_dict(self) -> dict:
         return {"bandwidth": self.bandwidth, "examples": self.examples,
                 "theta": self.grid[::20].tolist(), "bias": self.bias[::20].tolist(),
-                "spread": self.spread[::20].tolist()}
+                "bias_error": self.bias_error[::20].tolist(), "spread": self.spread[::20].tolist()}
 
 
 def combine_summaries(predictive: Predictive, likelihood: SummaryLikelihood, prior_range, *,
-                      grid_size: int = DEFAULT_GRID, systematic_std: float = 0.0) -> PopulationPosterior:
+                      grid_size: int = DEFAULT_GRID, systematic_std: float | None = None) -> PopulationPosterior:
     """The shared value's posterior from the lenses' predictions through `likelihood`
     (uniform population prior over `prior_range`); the same result type as
-    `combine_posteriors`."""
+    `combine_posteriors`.
+
+    `systematic_std` None (default): the calibration's own error, `likelihood.bias_error`
+    where all N lenses' posterior lies, integrated out as a shared bias.
+    """
     lo, hi = (float(v) for v in prior_range)
     if len(predictive) == 0:
         raise DataError("population inference: no lens to combine")
     grid = np.linspace(lo, hi, int(grid_size))
-    return PopulationPosterior(grid=grid, per_lens=likelihood.log_likelihood_grid(predictive, grid),
-                               log_population_prior=np.zeros_like(grid), prior_range=(lo, hi),
+    per_lens = likelihood.log_likelihood_grid(predictive, grid)
+    zeros = np.zeros_like(grid)
+    if systematic_std is None:
+        centre = summarise(grid, per_lens.sum(axis=0))["mean"]
+        systematic_std = float(np.interp(centre, likelihood.grid, likelihood.bias_error))
+    return PopulationPosterior(grid=grid, per_lens=per_lens, log_population_prior=zeros, prior_range=(lo, hi),
                                systematic_std=float(systematic_std))
 
 
@@ -407,14 +425,15 @@ def infer_population(
     grid_size: int = DEFAULT_GRID,
     batch_size: int = 256,
     edge_correction: bool = True,
-    systematic_std: float = 0.0,
+    systematic_std: float | None = None,
     likelihood: SummaryLikelihood | None = None,
 ) -> tuple[dict, PopulationPosterior]:
     """Predict every lens of `examples` with `run` and combine them for `target`.
 
     With `likelihood` (a `SummaryLikelihood` fitted on labelled predictions of this run)
     the lenses are combined through it (`combine_summaries`) instead of as a product of
-    posteriors.
+    posteriors. `systematic_std` None: none for the product, the calibration's own error
+    for `likelihood`.
 
     Returns `(result, posterior)`: `result` is what population.json holds (target,
     lenses, prior, method, posterior summary, narrowing; the truth when the data set
@@ -447,7 +466,7 @@ def infer_population(
     predictive = Predictive.from_prediction(prediction)
     if likelihood is None:
         posterior = combine_posteriors(predictive, prior_range, grid_size=grid_size,
-                                       edge_correction=edge_correction, systematic_std=systematic_std)
+                                       edge_correction=edge_correction, systematic_std=systematic_std or 0.0)
     else:
         posterior = combine_summaries(predictive, likelihood, prior_range, grid_size=grid_size,
                                       systematic_std=systematic_std)
@@ -460,7 +479,7 @@ def infer_population(
         "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
         "method": "product of posteriors" if likelihood is None else "calibrated likelihood",
         "edge_correction": bool(edge_correction) and likelihood is None,
-        "systematic_std": float(systematic_std),
+        "systematic_std": float(posterior.systematic_std),
         "grid": int(grid_size),
         **({} if likelihood is None else {"likelihood": likelihood.to_dict()}),
         "posterior": posterior.summary(),

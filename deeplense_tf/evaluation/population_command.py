@@ -44,17 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="posterior: the product of the per-lens posteriors with the training prior "
                         "divided out (default); calibrated: the likelihood of each prediction given the "
                         "shared value, calibrated on the run's validation split (docs/population.md)")
-    parser.add_argument("--systematic", default="0", metavar="DEX|auto",
+    parser.add_argument("--systematic", metavar="DEX|auto",
                         help="std of the model's bias shared by all lenses, integrated out (the floor "
                         "of the combined width); 'auto' measures it on the run's validation split "
-                        "(default: 0)")
+                        "(default: none for the product, the calibration's own error with "
+                        "--likelihood calibrated)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/population)")
 
 
 def infer_population_command(run_path, data, *, split="test", limit=None, target=None, tta=False,
                              prior_range=None, grid=DEFAULT_GRID, batch_size=256, out=None,
-                             edge_correction=True, systematic="0", likelihood="posterior",
+                             edge_correction=True, systematic=None, likelihood="posterior",
                              verbose=True) -> dict:
     """What `deeplense infer-population` does, callable from Python; returns population.json's dict
     with `written` added."""
@@ -101,7 +102,10 @@ def infer_population_command(run_path, data, *, split="test", limit=None, target
 
 
 def _systematic(run, value, target, tta, batch_size) -> float:
-    """`--systematic`: a number (dex), or 'auto' = `systematic_floor` on the run's val split."""
+    """`--systematic`: a number (dex), or 'auto' = `systematic_floor` on the run's val split;
+    None stays None (the method's default)."""
+    if value is None:
+        return None
     if str(value).strip().lower() != "auto":
         try:
             number = float(value)
