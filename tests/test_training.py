@@ -348,13 +348,19 @@ def test_training_calibrates_the_stds_and_calibrate_run_composes(resumed, tmp_pa
     copy = tmp_path / "run"
     shutil.copytree(resumed["out"], copy)
     before = Run.load(copy)
+    assert before.calibration == fits
     images = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype("float32")
     std_before = before.predict(images)
     with contextlib.redirect_stdout(io.StringIO()):
         again = calibrate_run(copy, split="val")
     recorded = json.loads((copy / "metrics.json").read_text())["variance_calibration"]
     assert recorded["split"] == "val" and set(recorded["targets"]) == set(TARGETS)
-    std_after = Run.load(copy).predict(images)
+    # The run folder contract: where its parts are, and the calibration record it keeps.
+    after = Run.load(copy)
+    assert after.paths.model == copy / "model.keras" and after.paths.eval == copy / "eval"
+    assert after.calibration == recorded  # read from metrics.json when asked
+    assert after.data_path() == before.config["data"]["path"]
+    std_after = after.predict(images)
     for t in TARGETS:
         assert again[t]["calibration_error_after"] <= again[t]["calibration_error_before"]
         np.testing.assert_allclose(std_after[t]["std"] / std_before[t]["std"], again[t]["scale"], rtol=1e-5)
