@@ -1,14 +1,19 @@
 """`deeplense quickstart [--out DIR] [--minutes M] [--num N] [--smoke]`: the embedded default.
 
-End to end on a laptop CPU in under ten minutes:
+End to end in about six minutes on two CPU cores:
 
 1. simulate a small `deeplense-model-2` axion set (TFRecord shards) into DIR/data;
-2. train the default model with the packaged `quickstart` config (a time budget of a few
-   minutes) into DIR/run;
+2. train our best architecture, the CNN-LSTM over the polar unwrap, with the packaged
+   `quickstart` config (a time budget of a few minutes) into DIR/run;
 3. evaluate it on the test split into DIR/run/eval (metrics.json, plots);
 4. export it for TF Serving / TFLite into DIR/export, and cluster its learned features
    into DIR/cluster (each skipped with a note when that part of the package is absent);
-5. write DIR/report.md: the metrics table, the plots, and the commands to go further.
+5. write DIR/report.md: the metrics, the expected-coverage curve and calibration plot of
+   the predicted uncertainties, and the commands to go further.
+
+When the test MAE misses the aim, one line says how loaded the machine was while it
+trained (load average against the cores): on a shared machine the time budget fits fewer
+epochs, which is the usual reason.
 
 Re-running the same command reuses every finished step (the data set, a complete run,
 an evaluation newer than the model, an export, a clustering), so an interrupted
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -34,7 +40,9 @@ SMOKE_CONFIG_NAME = "smoke"  # a tiny CNN: the smoke run checks the plumbing, no
 DEFAULT_NUM = 6000
 DEFAULT_WORKERS = 2
 SMOKE_NUM = 30  # train 24, val 3, test 3
-AIM_MAE_DEX = 0.15
+AIM_MAE_DEX = 0.05  # on an idle 2-core machine; BENCHMARKS.md has the measured runs
+AIM_MINUTES = 6
+BUSY_LOAD_PER_CORE = 1.5  # the quickstart itself keeps about one runnable thread per core
 PUBLISHED_BEST_MAE_DEX = 0.2162  # ResNet34, DeepLense Model II (docs: deeplense-anchors)
 SUMMARY_NAME = "quickstart.json"
 
@@ -250,7 +258,7 @@ def _time_sentence(steps: list[dict], wall_seconds: float) -> str:
     else:
         text = (f"Total time of the steps when they ran: {sum(work) / 60:.1f} min (this "
                 f"invocation, reusing finished steps: {wall_seconds / 60:.1f} min)")
-    return f"{text}; the quickstart aims at under 10 min on a laptop CPU{_load_note(steps)}."
+    return f"{text}; the quickstart aims at under {AIM_MINUTES} min on 2 CPU cores{_load_note(steps)}."
 
 
 def _epochs_trained(run_dir: Path) -> str:
@@ -271,6 +279,27 @@ def _load_average() -> float | None:
         return None
 
 
+def busy_line(mae, steps: list[dict], cores: int | None = None) -> str | None:
+    """One line on how loaded the machine was while training, when `mae` missed the aim.
+
+    The train step's 5-minute load average (taken when it ended, so it spans most of the
+    training) against the cores; None when the aim was met or the load is unknown.
+    """
+    if mae is None or mae <= AIM_MAE_DEX:
+        return None
+    load = next((r.get("load") for r in steps if r["step"] == "train"), None)
+    if load is None:
+        return None
+    cores = cores or os.cpu_count() or 1
+    if load > BUSY_LOAD_PER_CORE * cores:
+        return (f"test MAE {mae:.3f} dex misses the aim of {AIM_MAE_DEX} dex, and the machine was "
+                f"busy while training: load average {load:.1f} on {cores} cores "
+                f"({load / cores:.1f} per core), so the time budget fitted fewer epochs than on an "
+                f"idle machine")
+    return (f"test MAE {mae:.3f} dex misses the aim of {AIM_MAE_DEX} dex although the machine was "
+            f"not busy (load average {load:.1f} on {cores} cores)")
+
+
 def _load_note(steps: list[dict]) -> str:
     """A warning when other work shared the CPU while the steps ran (their times mean less then)."""
     loads = [r["load"] for r in steps if r.get("load") is not None and (r.get("work_seconds") or 0) > 30]
@@ -280,6 +309,68 @@ def _load_note(steps: list[dict]) -> str:
     return (f"; other processes shared the CPU (load average up to {max(loads):.1f} on {cores} "
             f"cores at the end of the long steps), so every step, and the epochs the time "
             f"budget allowed, took longer or did less than on an idle machine")
+
+
+REPORT_LEVELS = (0.1, 0.25, 0.5, 0.68, 0.8, 0.9, 0.95)  # those the curve has
+
+
+def _curve(result: dict):
+    """The expected-coverage curve `evaluate` wrote for a target: `{"expected", "observed"}`."""
+    for key in ("coverage_curve", "calibration"):
+        curve = result.get(key)
+        if isinstance(curve, dict) and curve.get("expected") and curve.get("observed"):
+            return curve
+    return None
+
+
+def _coverage_lines(metrics: dict) -> list[str]:
+    """The uncertainties next to the accuracy: observed share of test truths inside the
+    central predicted intervals at each nominal level (calibrated = equal)."""
+    rows = []
+    for target, result in metrics.get("targets", {}).items():
+        curve = _curve(result)
+        if curve is None:
+            continue
+        observed = dict(zip([round(float(e), 4) for e in curve["expected"]], curve["observed"]))
+        levels = [lvl for lvl in REPORT_LEVELS if lvl in observed]
+        pairs = [(float(e), float(o)) for e, o in zip(curve["expected"], curve["observed"])
+                 if float(e) <= 0.95 + 1e-9 and o is not None and math.isfinite(float(o))]
+        worst = max((abs(o - e) for e, o in pairs), default=float("nan"))
+        rows.append((target, levels, observed, worst, len(curve["expected"])))
+    if not rows:
+        return []
+    lines = ["", "### Are the uncertainties right?", "",
+             "The expected-coverage curve: the share of test truths inside the central "
+             "predicted interval of each nominal level. Calibrated uncertainties give the "
+             "nominal share; less means over-confident intervals, more means too wide ones. "
+             "The full curve is in the calibration panel of the plot below.", ""]
+    for target, levels, observed, worst, count in rows:
+        lines += [f"| `{target}`: nominal | " + " | ".join(f"{lvl:.0%}" for lvl in levels) + " |",
+                  "|---|" + "---:|" * len(levels),
+                  "| observed | " + " | ".join(f"{observed[lvl]:.0%}" for lvl in levels) + " |",
+                  "",
+                  f"Largest gap from nominal over the {count} levels up to 95%: "
+                  f"{worst * 100:.1f} points.", ""]
+    return lines
+
+
+def _plot_files(metrics: dict) -> list[tuple[str, str]]:
+    """(target, path relative to RUN/eval) of every plot `evaluate` listed."""
+    files = []
+    for target, value in (metrics.get("plots") or {}).items():
+        if isinstance(value, str):
+            files.append((target, value))
+        elif isinstance(value, dict):
+            files += [(target, v) for v in value.values() if isinstance(v, str)]
+        elif isinstance(value, list):
+            files += [(target, v) for v in value if isinstance(v, str)]
+    return files
+
+
+def _plot_caption(rel: str) -> str:
+    if "coverage" in Path(rel).stem:
+        return "expected-coverage curve"
+    return "predicted vs true, residuals vs true, calibration (coverage curve)"
 
 
 def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, steps: list[dict],
@@ -312,7 +403,11 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         "",
     ]
     for target, result in metrics.get("targets", {}).items():
-        lines.append(_mae_sentence(target, (result.get("overall") or {}).get("mae")))
+        mae = (result.get("overall") or {}).get("mae")
+        lines.append(_mae_sentence(target, mae))
+        busy = busy_line(mae, steps) if target.startswith("log10_m_axion") and not smoke else None
+        if busy:
+            lines.append(f"- {busy[0].upper()}{busy[1:]}.")
     lines += [
         "",
         "The binned table shows where in the true range the error sits: heavy axions (the "
@@ -322,13 +417,13 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         "68% / 95% Gaussian intervals (calibrated: 0.68 / 0.95).",
         "",
         markdown_table(metrics, binned=True),
+        *_coverage_lines(metrics),
         "## Plots",
         "",
     ]
-    for target, rel in (metrics.get("plots") or {}).items():
+    for target, rel in _plot_files(metrics):
         path = run_dir / "eval" / rel
-        lines.append(f"- `{target}`: predicted vs true, residuals vs true, calibration — "
-                     f"[{_rel(path, out)}]({_rel(path, out)})")
+        lines.append(f"- `{target}`: {_plot_caption(rel)} — [{_rel(path, out)}]({_rel(path, out)})")
         lines.append(f"\n  ![{target}]({_rel(path, out)})\n")
     preview = data_dir / "preview.png"
     if preview.is_file():
@@ -449,6 +544,9 @@ def run_quickstart(out="quickstart", *, minutes: float | None = None, num: int |
         "steps": steps.rows,
         "mae": {k: v["overall"].get("mae") for k, v in metrics["targets"].items()},
     }
+    main_target = next((t for t in summary["mae"] if t.startswith("log10_m_axion")), None)
+    summary["busy"] = None if smoke or main_target is None else busy_line(
+        summary["mae"][main_target], steps.rows)
     path = out / SUMMARY_NAME
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -462,5 +560,7 @@ def run(args) -> int:
     print(Path(summary["out"]) / SUMMARY_NAME)
     for target, mae in summary["mae"].items():
         print(f"{target}: test MAE {mae:.4f}" if mae is not None else f"{target}: no MAE")
+    if summary.get("busy"):
+        print(summary["busy"])
     print(f"quickstart finished in {summary['wall_seconds'] / 60:.1f} min; see {summary['report']}")
     return 0
