@@ -1,21 +1,24 @@
 """Latency and throughput of `deeplense serve` over REST and gRPC, with and without batching.
 
-    .venv/bin/python benchmarks/bench_serving.py                      # same model as bench_latency.py
-    .venv/bin/python benchmarks/bench_serving.py --options '{"width": 16}'   # the quickstart resnet
+    .venv/bin/python benchmarks/bench_serving.py --config configs/benchmark-model2-cnn_lstm.yaml
+    .venv/bin/python benchmarks/bench_serving.py                      # bench_latency.py's resnet
     .venv/bin/python benchmarks/bench_serving.py --model-base-path export/deeplense --out serving.md
 
-Two tables from one run:
+Everything is measured side by side in one run, so the ratios hold even on a shared machine:
 
-1. Single-client latency, next to the export benchmark's rows (`benchmarks/bench_latency.py`:
-   the SavedModel in process and TFLite fp32), at batch 1 and 64: the same model, the
-   same images, the same timing function, plus REST and gRPC against the local server.
-2. Concurrency: `deeplense serve` started as a subprocess on free 127.0.0.1 ports, once
-   without and once with `--enable-batching`, driven by `RestClient` / `GrpcClient` from
-   C = 1, 8, 32 threads (closed loop, one 64x64 image per request): p50 / p99 latency,
-   throughput, and the server's CPU time per request.
+1. Single client, one request at a time, at batch 1 and 64: the SavedModel called in
+   process, and REST and gRPC against the local server (no batching), their calls
+   interleaved round by round (one call of each row per round), medians per row. Gives the
+   REST / gRPC ratio at batch 64 and the server's overhead at batch 1 (concurrency 1) over
+   the in-process call.
+2. Concurrency: one `deeplense serve` subprocess per batching setting (off, and each
+   setting of `--sweep`), all started before any load; closed-loop clients at
+   C = 1, 8, 32 (one 64x64 image per request). Each round visits every server in turn, so
+   every setting sees the same machine load; throughput is the median over rounds, and
+   "x off" divides it by the unbatched server's in the same rounds.
 
-Client and server share the machine's cores, so throughput is a floor; the server's CPU
-per request does not depend on what else runs. `run_serving_benchmark` is importable.
+`--config FILE` exports the architecture of an experiment config (model section) with its
+initial weights: the same graph, hence the same compute per image, as the trained model.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,33 +45,62 @@ from deeplense_tf.serving.loadtest import markdown_table, run_load  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 COLUMNS = ["protocol", "batching", "concurrency", "requests", "errors", "p50_ms", "p99_ms",
-           "throughput_rps", "server_cpu_ms"]
-DEFAULT_BATCHING = ["--enable-batching", "--max-batch-size", "32", "--batch-timeout-micros", "2000",
-                    "--num-batch-threads", "2"]
+           "throughput_rps", "x_off", "server_cpu_ms"]
+# max_batch_size:batch_timeout_micros:num_batch_threads
+DEFAULT_SWEEP = "8:1000:1,16:2000:1,32:2000:1,32:5000:1,32:2000:2,64:5000:1"
 
 
-def build_benchmark_export(out_dir: Path, model_name: str = "resnet", options: str = "{}"):
-    """The bench_latency.py model exported as `out_dir/deeplense/1`.
+def build_benchmark_export(out_dir: Path, model_name: str = "resnet", options: str = "{}",
+                           config: Path | None = None, image_size: int = 64):
+    """The benchmark model exported as `out_dir/deeplense/1`.
 
-    Returns (base path, Keras model, ExportSpec, images [64, H, W, 1], description).
+    With `config`, the experiment config's model (name, head, normalization, crop,
+    options) built with its initial weights; else bench_latency.py's untrained model.
+    Returns (base path, images [64, H, W, 1], description).
     """
     import bench_latency
 
     from deeplense_tf.export.savedmodel import write_saved_model
 
-    # bench_latency's own definition of "the benchmark model" (untrained, 64x64, crop 48,
-    # its --model / --options), so both benchmarks time the same graph.
-    model, spec, _calibration, images, what = bench_latency._model_and_images(
-        Namespace(run=None, model=model_name, image_size=64, crop=48, options=options))
+    if config is not None:
+        model, spec, images, what = _config_model(config, image_size)
+    else:
+        # bench_latency's own definition of "the benchmark model" (untrained, 64x64, crop
+        # 48, its --model / --options), so both benchmarks time the same graph.
+        model, spec, _calibration, images, what = bench_latency._model_and_images(
+            Namespace(run=None, model=model_name, image_size=image_size, crop=48, options=options))
     base = out_dir / "deeplense"
     write_saved_model(model, spec, base / "1", model_name="deeplense", warmup_images=images[:1])
-    return base, model, spec, images, what
+    return base, images, what
+
+
+def _config_model(config: Path, image_size: int):
+    import keras
+    import yaml
+
+    from deeplense_tf.export.spec import ExportSpec
+    from deeplense_tf.models import build_model
+
+    section = yaml.safe_load(Path(config).read_text())["model"]
+    targets = ["log10_m_axion_ev"]
+    shape = (image_size, image_size, 1)
+    keras.utils.set_random_seed(0)
+    model = build_model(section["name"], shape, targets, head=section.get("head", "gaussian"),
+                        normalization=section.get("normalization", "peak_asinh"),
+                        crop=section.get("crop"), **(section.get("options") or {}))
+    spec = ExportSpec(section["name"], tuple(targets), section.get("head", "gaussian"), shape,
+                      {"log10_m_axion_ev": {"mean": -23.0, "std": 0.58}})
+    images = np.random.default_rng(0).gamma(0.5, 1.0, size=(64, *shape)).astype(np.float32)
+    what = (f"{section['name']} from {config} with its initial weights (untrained: the same "
+            f"graph and compute per image as the trained model), {model.count_params():,} "
+            f"parameters, {image_size}x{image_size} px")
+    return model, spec, images, what
 
 
 class ServeProcess:
     """`deeplense serve` in a subprocess; its REST URL and gRPC target once it is up."""
 
-    def __init__(self, base_path: Path, extra_args: list[str], timeout_s: float = 180.0):
+    def __init__(self, base_path: Path, extra_args: list[str], timeout_s: float = 300.0):
         cmd = [sys.executable, "-m", "deeplense_tf", "serve", "--model-base-path", str(base_path),
                "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0",
                "--file-system-poll-wait-seconds", "0", *extra_args]
@@ -76,8 +109,11 @@ class ServeProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         self.rest_url = self.grpc_target = None
+        self._timeout_s = timeout_s
+
+    def wait_ready(self) -> ServeProcess:
         lines = []
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -88,7 +124,7 @@ class ServeProcess:
             if m := re.search(r"gRPC\s+(\S+)", line):
                 self.grpc_target = m.group(1)
             if "Ctrl-C to stop" in line:
-                return
+                return self
         self.stop()
         raise RuntimeError("deeplense serve did not start:\n" + "\n".join(lines[-20:]))
 
@@ -111,170 +147,175 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _cells(protocol: str, call, batching: bool, requests_per_level: dict[int, int],
-           max_seconds: float, server_pid: int) -> list[dict]:
-    rows = []
-    for concurrency in CONCURRENCY:
-        cpu_at_start = []
-        result = run_load(call, concurrency=concurrency, num_requests=requests_per_level[concurrency],
-                          max_seconds=max_seconds,
-                          on_start=lambda seen=cpu_at_start: seen.append(process_cpu_seconds(server_pid)))
-        cpu_end = process_cpu_seconds(server_pid)
-        row = {"protocol": protocol, "batching": "on" if batching else "off", **result.summary()}
-        if cpu_end is not None and cpu_at_start[0] is not None and result.requests:
-            # CPU the server spent per answer: unlike wall-clock numbers, it does not
-            # depend on what else the machine is running.
-            row["server_cpu_ms"] = round((cpu_end - cpu_at_start[0]) / result.requests * 1e3, 2)
-        if result.error_samples:
-            row["first_error"] = result.error_samples[0][:200]
-        rows.append(row)
-        print(f"  {protocol:4s} batching {row['batching']:3s} c={concurrency:2d}: "
-              f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-              f"{row['throughput_rps']:7.1f} req/s  server CPU {row.get('server_cpu_ms', '?')} ms/req"
-              f"  errors {row['errors']}", flush=True)
-    return rows
+def interleaved(rows: dict, images: np.ndarray, batch_sizes=(1, 64), *, seconds: float = 3.0,
+                min_rounds: int = 5, warmup: int = 2) -> list[dict]:
+    """Median latency of each row, calls interleaved: round k calls every row once."""
+    results = []
+    for batch in batch_sizes:
+        reps = int(np.ceil(batch / len(images)))
+        x = np.ascontiguousarray(np.concatenate([images] * reps)[:batch], np.float32)
+        for predict in rows.values():
+            for _ in range(warmup):
+                predict(x)
+        times = {label: [] for label in rows}
+        start = time.perf_counter()
+        while len(times[next(iter(rows))]) < min_rounds or time.perf_counter() - start < seconds:
+            for label, predict in rows.items():
+                t0 = time.perf_counter()
+                predict(x)
+                times[label].append(time.perf_counter() - t0)
+        for label, spent in times.items():
+            median = statistics.median(spent)
+            results.append({"row": label, "batch": batch, "calls": len(spent),
+                            "median_ms": 1e3 * median, "images_per_s": batch / median})
+            print(f"  {label:28s} batch {batch:3d}: {1e3 * median:9.2f} ms "
+                  f"({len(spent)} calls)", flush=True)
+    return results
 
 
-def run_serving_benchmark(base_path: Path, *, requests: int = 50, max_seconds: float = 10.0,
-                          batching_args: list[str] | None = None, latency_rows: dict | None = None,
-                          images: np.ndarray | None = None, latency_seconds: float = 1.0
-                          ) -> tuple[list[dict], list[dict], list[str]]:
-    """(concurrency rows, single-client latency results, serve commands).
+def _cell(protocol: str, call, server: ServeProcess, concurrency: int, requests: int,
+          max_seconds: float) -> dict:
+    cpu_at_start = []
+    result = run_load(call, concurrency=concurrency, num_requests=requests, max_seconds=max_seconds,
+                      on_start=lambda: cpu_at_start.append(process_cpu_seconds(server.proc.pid)))
+    cpu_end = process_cpu_seconds(server.proc.pid)
+    row = {"protocol": protocol, **result.summary()}
+    if cpu_end is not None and cpu_at_start[0] is not None and result.requests:
+        # CPU the server spent per answer: unlike wall-clock numbers, it does not depend on
+        # what else the machine is running.
+        row["server_cpu_ms"] = round((cpu_end - cpu_at_start[0]) / result.requests * 1e3, 2)
+    if result.error_samples:
+        row["first_error"] = result.error_samples[0][:200]
+    return row
 
-    `latency_rows` are bench_latency-style `predict(images)` functions (the in-process
-    rows of the same model) timed together with REST and gRPC against the server
-    without batching (batching only adds its timeout for a lone client); `images`
-    [N, H, W, 1] are what they all predict.
-    """
-    import bench_latency
 
+def concurrency_rows(servers: dict[str, ServeProcess], image: np.ndarray, *, rounds: int,
+                     requests: int, max_seconds: float, levels=CONCURRENCY,
+                     sweep_levels=(32,)) -> list[dict]:
+    """Throughput per server, protocol and concurrency; medians over `rounds` visits."""
     from deeplense_tf.serving.grpc_client import GrpcClient
     from deeplense_tf.serving.rest_client import RestClient
 
-    rows, commands, latency = [], [], []
-    latency_rows = dict(latency_rows or {})
-    per_level = {c: max(requests, 6 * c) for c in CONCURRENCY}
-    for batching in (False, True):
-        server = ServeProcess(base_path, (batching_args or DEFAULT_BATCHING) if batching else [])
-        commands.append(server.command)
-        try:
-            rest = RestClient(server.rest_url, "deeplense", timeout=120, retries=1)
-            grpc_client = GrpcClient(server.grpc_target, "deeplense", timeout=120, retries=1)
-            size = rest.metadata()["signatures"]["serving_default"]["inputs"]["image"]["shape"][1]
-            if images is None:
-                images = np.random.default_rng(1).gamma(
-                    0.5, 1.0, size=(64, size, size, 1)).astype(np.float32)
-            image = images[:1]
-            # One encoded body, sent again and again: measures the server, not json.dumps.
-            body = rest.encode_predict(image)
-            rows += _cells("REST", lambda rest=rest, body=body: rest.predict_encoded(body),
-                           batching, per_level, max_seconds, server.proc.pid)
-            request = grpc_client.make_request(image)
-            rows += _cells("gRPC", lambda g=grpc_client, r=request: g.predict_request(r),
-                           batching, per_level, max_seconds, server.proc.pid)
-            if not batching:
-                latency_rows["REST, local server"] = lambda x, c=rest: c.predict(x)
-                latency_rows["gRPC, local server"] = lambda x, c=grpc_client: c.predict(x)
-                print("single-client latency (batch 1 and 64):", flush=True)
-                latency = bench_latency.benchmark(latency_rows, images, seconds=latency_seconds,
-                                                  warmup=1, min_calls=3)
-            grpc_client.close()
-        finally:
-            server.stop()
-    return rows, latency, commands
+    clients = {}
+    for label, server in servers.items():
+        rest = RestClient(server.rest_url, "deeplense", timeout=120, retries=1)
+        grpc_client = GrpcClient(server.grpc_target, "deeplense", timeout=120, retries=1)
+        body, request = rest.encode_predict(image), grpc_client.make_request(image)
+        clients[label] = {
+            "REST": lambda rest=rest, body=body: rest.predict_encoded(body),
+            "gRPC": lambda g=grpc_client, r=request: g.predict_request(r),
+        }
+    cells: dict[tuple, list[dict]] = {}
+    for round_index in range(rounds):
+        for label, server in servers.items():
+            wanted = levels if label in ("off", _main_setting(servers)) else sweep_levels
+            for concurrency in wanted:
+                for protocol, call in clients[label].items():
+                    row = _cell(protocol, call, server, concurrency,
+                                max(requests, 8 * concurrency), max_seconds)
+                    cells.setdefault((label, protocol, concurrency), []).append(row)
+                    print(f"  round {round_index + 1} {label:12s} {protocol:4s} c={concurrency:2d}: "
+                          f"{row['throughput_rps']:7.1f} req/s p50 {row['p50_ms']:7.2f} ms "
+                          f"cpu {row.get('server_cpu_ms', '?')} ms/req errors {row['errors']}",
+                          flush=True)
+    rows = []
+    for (label, _protocol, _concurrency), seen in cells.items():
+        merged = dict(seen[len(seen) // 2])
+        merged.update(
+            batching=label, requests=sum(r["requests"] for r in seen),
+            errors=sum(r["errors"] for r in seen),
+            throughput_rps=round(statistics.median(r["throughput_rps"] for r in seen), 1),
+            p50_ms=round(statistics.median(r["p50_ms"] for r in seen), 2),
+            p99_ms=round(statistics.median(r["p99_ms"] for r in seen), 2))
+        cpu = [r["server_cpu_ms"] for r in seen if "server_cpu_ms" in r]
+        if cpu:
+            merged["server_cpu_ms"] = round(statistics.median(cpu), 2)
+        rows.append(merged)
+    for row in rows:
+        off = next((r for r in rows if r["batching"] == "off" and r["protocol"] == row["protocol"]
+                    and r["concurrency"] == row["concurrency"]), None)
+        if off and off["throughput_rps"]:
+            row["x_off"] = round(row["throughput_rps"] / off["throughput_rps"], 2)
+    return rows
 
 
-def speedups(rows: list[dict]) -> list[str]:
-    """'REST c=32: batching changes throughput x2.40, server CPU per request /2.10' lines."""
-    lines = []
-    for protocol in ("REST", "gRPC"):
-        for concurrency in CONCURRENCY:
-            pair = {r["batching"]: r for r in rows
-                    if r["protocol"] == protocol and r["concurrency"] == concurrency}
-            if {"on", "off"} <= set(pair) and pair["off"]["throughput_rps"]:
-                ratio = pair["on"]["throughput_rps"] / pair["off"]["throughput_rps"]
-                line = f"{protocol} c={concurrency}: batching changes throughput x{ratio:.2f}"
-                if pair["on"].get("server_cpu_ms") and pair["off"].get("server_cpu_ms"):
-                    cpu = pair["off"]["server_cpu_ms"] / pair["on"]["server_cpu_ms"]
-                    line += f", server CPU per request /{cpu:.2f}"
-                lines.append(line)
-    return lines
+def _main_setting(servers: dict) -> str | None:
+    return next((label for label in servers if label != "off"), None)
+
+
+def _batching_flags(setting: str) -> list[str]:
+    size, timeout, threads = setting.split(":")
+    return ["--enable-batching", "--max-batch-size", size, "--batch-timeout-micros", timeout,
+            "--num-batch-threads", threads]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base-path", type=Path,
-                        help="DIR/<name> with version folders (default: export bench_latency's model)")
+                        help="DIR/<name> with version folders (default: export a benchmark model)")
+    parser.add_argument("--config", type=Path,
+                        help="experiment config whose model to export with its initial weights")
     parser.add_argument("--model", default="resnet",
-                        help="architecture to export when no --model-base-path (as bench_latency.py)")
+                        help="architecture to export without --config (as bench_latency.py)")
     parser.add_argument("--options", default="{}",
-                        help='builder options as JSON, e.g. \'{"width": 16}\' (the quickstart resnet)')
-    parser.add_argument("--requests", type=int, default=50,
-                        help="requests per concurrency cell (at least 6 x concurrency)")
-    parser.add_argument("--max-seconds", type=float, default=10.0, help="time cap per cell")
-    parser.add_argument("--latency-seconds", type=float, default=1.0,
-                        help="time per single-client latency row and batch size")
+                        help='builder options as JSON without --config, e.g. \'{"width": 16}\'')
+    parser.add_argument("--sweep", default=DEFAULT_SWEEP,
+                        help="batching settings max_batch_size:timeout_us:threads, comma-separated; "
+                             "the first is also measured at every concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="visits of every server")
+    parser.add_argument("--requests", type=int, default=64,
+                        help="requests per cell and round (at least 8 x concurrency)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="time cap per cell")
+    parser.add_argument("--latency-seconds", type=float, default=6.0,
+                        help="time per batch size of the interleaved single-client rows")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import bench_latency
 
+    from deeplense_tf.serving.grpc_client import GrpcClient
+    from deeplense_tf.serving.rest_client import RestClient
+
     started = time.perf_counter()
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    uptime_before = _uptime()
+    settings = [s.strip() for s in args.sweep.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        latency_rows, images = {}, None
+        images = None
         if args.model_base_path is None:
-            print(f"exporting the benchmark model (bench_latency.py's untrained {args.model}) ...",
-                  flush=True)
-            base, model, spec, images, what = build_benchmark_export(Path(tmp), args.model,
-                                                                    args.options)
-            # The export benchmark's in-process rows (TFLite fp32 only, to stay within minutes).
-            # The export benchmark's rows for the served graph (its Keras rows are left to
-            # bench_latency.py: they do not bear on serving and take minutes at batch 64).
-            every = bench_latency.default_rows(model, spec, Path(tmp) / "latency",
-                                               variants="fp32", threads=(2,),
-                                               calibration_images=images,
-                                               saved_model_dir=base / "1")
-            latency_rows = {k: v for k, v in every.items() if not k.startswith("Keras")}
+            print("exporting the benchmark model ...", flush=True)
+            base, images, what = build_benchmark_export(Path(tmp), args.model, args.options,
+                                                        args.config)
         else:
             base, what = args.model_base_path, f"export {args.model_base_path}"
-            latency_rows = {"SavedModel serving_default":
-                            bench_latency.saved_model_row(_latest_version(base))}
-        rows, latency, commands = run_serving_benchmark(
-            base, requests=args.requests, max_seconds=args.max_seconds, latency_rows=latency_rows,
-            images=images, latency_seconds=args.latency_seconds)
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    flags = [f"--model-base-path {args.model_base_path}"] if args.model_base_path else []
-    flags += [f"--model {args.model}"] if args.model != "resnet" else []
-    flags += [f"--options '{args.options}'"] if args.options != "{}" else []
-    command = "`" + " ".join([".venv/bin/python benchmarks/bench_serving.py", *flags]) + "`"
-    lines = [
-        "## Serving: local server over REST and gRPC, next to in-process prediction",
-        "",
-        f"Model: {what}. Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, "
-        f"load average {load_before:.1f} before / {load_after:.1f} after (other jobs share the "
-        "CPUs); client and server on the same machine. Command: " + command + ".",
-        "",
-        "Servers:",
-        *[f"- `{c}`" for c in commands],
-        "",
-        "Single client, one request at a time (bench_latency.py's `measure`: median of >= 3 "
-        "calls after 1 warm-up call; REST and gRPC include the client's encoding and decoding; "
-        "server without batching):",
-        "",
-        bench_latency.format_table(latency),
-        "",
-        "Concurrent clients (closed loop, one 64x64 image per request; server_cpu_ms = the "
-        "server process's CPU time per answered request):",
-        "",
-        markdown_table(rows, COLUMNS),
-        "",
-        *[f"- {line}" for line in speedups(rows)],
-        "",
-        f"Total wall time {time.perf_counter() - started:.0f} s.",
-    ]
-    text = "\n".join(lines)
+        servers = {"off": ServeProcess(base, [])}
+        for setting in settings:
+            servers[setting] = ServeProcess(base, _batching_flags(setting))
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            off = servers["off"]
+            rest = RestClient(off.rest_url, "deeplense", timeout=120, retries=1)
+            grpc_client = GrpcClient(off.grpc_target, "deeplense", timeout=120, retries=1)
+            if images is None:
+                size = rest.metadata()["signatures"]["serving_default"]["inputs"]["image"]["shape"][1]
+                images = np.random.default_rng(1).gamma(
+                    0.5, 1.0, size=(64, size, size, 1)).astype(np.float32)
+            versions = sorted(int(p.name) for p in Path(base).iterdir() if p.name.isdigit())
+            rows = {"SavedModel in process": bench_latency.saved_model_row(Path(base) / str(versions[-1])),
+                    "REST, local server": lambda x: rest.predict(x),
+                    "gRPC, local server": lambda x: grpc_client.predict(x)}
+            print("single client (interleaved rounds):", flush=True)
+            latency = interleaved(rows, images, seconds=args.latency_seconds)
+            print("concurrency:", flush=True)
+            table = concurrency_rows(servers, images[:1], rounds=args.rounds,
+                                     requests=args.requests, max_seconds=args.max_seconds)
+        finally:
+            for server in servers.values():
+                server.stop()
+    uptime_after = _uptime()
+    text = _report(args, what, servers, latency, table, settings, uptime_before, uptime_after,
+                   time.perf_counter() - started)
     print("\n" + text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -282,11 +323,57 @@ def main(argv=None) -> int:
     return 0
 
 
-def _latest_version(base: Path) -> Path:
-    versions = sorted(int(p.name) for p in Path(base).iterdir() if p.name.isdigit())
-    if not versions:
-        raise SystemExit(f"{base}: no version folders")
-    return Path(base) / str(versions[-1])
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _report(args, what, servers, latency, table, settings, before, after, wall) -> str:
+    import bench_latency
+
+    flags = [f"--model-base-path {args.model_base_path}"] if args.model_base_path else []
+    flags += [f"--config {args.config}"] if args.config else []
+    flags += [f"--model {args.model}"] if args.model != "resnet" and not args.config else []
+    flags += [f"--options '{args.options}'"] if args.options != "{}" and not args.config else []
+    flags += [f"--sweep {args.sweep}"] if args.sweep != DEFAULT_SWEEP else []
+    flags += [f"--rounds {args.rounds}"] if args.rounds != 3 else []
+    flags += [f"--requests {args.requests}"] if args.requests != 64 else []
+    flags += [f"--latency-seconds {args.latency_seconds:g}"] if args.latency_seconds != 6.0 else []
+    command = " ".join([".venv/bin/python benchmarks/bench_serving.py", *flags])
+    cell = {(r["row"], r["batch"]): r["median_ms"] for r in latency}
+    ratio = cell[("REST, local server", 64)] / cell[("gRPC, local server", 64)]
+    lines = [
+        f"Model: {what}. Machine: {platform.machine()}, {os.cpu_count()} CPUs; `uptime` before: "
+        f"`{before}`, after: `{after}` (the cores are shared with other jobs; client and "
+        f"servers on the same machine). Command: `{command}` ({wall:.0f} s).",
+        "",
+        "Servers:", *[f"- `{s.command}`" for s in servers.values()], "",
+        "Single client, one request at a time, calls interleaved round by round (median ms; "
+        "REST and gRPC include the client's encoding and decoding; server without batching):",
+        "", bench_latency.format_table(latency), "",
+        f"- REST / gRPC at batch 64: x{ratio:.2f}",
+    ]
+    for protocol in ("REST", "gRPC"):
+        overhead = cell[(f"{protocol}, local server", 1)] - cell[("SavedModel in process", 1)]
+        lines.append(f"- {protocol} at batch 1, concurrency 1: {overhead:+.2f} ms over the "
+                     "in-process SavedModel call")
+    main_setting = settings[0] if settings else None
+    order = {label: i for i, label in enumerate(["off", *settings])}
+    main_rows = sorted((r for r in table if r["batching"] in ("off", main_setting)),
+                       key=lambda r: (r["protocol"], order[r["batching"]], r["concurrency"]))
+    sweep_rows = sorted((r for r in table if r["concurrency"] == 32),
+                        key=lambda r: (r["protocol"], order[r["batching"]]))
+    lines += [
+        "", f"Concurrent clients (closed loop, one image per request; medians over {args.rounds} "
+        "rounds; batching = max_batch_size:batch_timeout_micros:num_batch_threads; x_off = "
+        "throughput over the unbatched server's in the same rounds; server_cpu_ms = the server "
+        "process's CPU time per answered request):", "",
+        markdown_table(main_rows, COLUMNS), "",
+        "Batching sweep at concurrency 32:", "", markdown_table(sweep_rows, COLUMNS),
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
