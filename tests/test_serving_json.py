@@ -183,3 +183,36 @@ def test_fast_path_never_invents_numbers(text):
     except ServingError:
         return
     assert request.numeric is None
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 1), (1, 1, 1, 1), (3, 1), (2, 2, 1, 1), (4,), (2, 3)])
+@pytest.mark.parametrize("signature, columnar", [(None, False), ("embed", True)])
+def test_client_bodies_read_back_to_the_exact_array(shape, signature, columnar):
+    # rest_client writes [N, H, W, 1] arrays as [N, H, W] and wraps each number (orjson);
+    # whatever path it takes, the JSON must hold exactly the float32 values and shape.
+    from deeplense_tf.serving.rest_client import RestClient
+
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    body = RestClient().encode_predict(x, signature=signature, columnar=columnar)
+    doc = json.loads(body)
+    got = np.asarray(doc["inputs" if columnar else "instances"], np.float32)
+    assert got.shape == x.shape and np.array_equal(got, x)
+    assert doc.get("signature_name") == signature
+    # ... and the server's fast path reads it to the same array.
+    spec = {"image": TensorInfo("DT_FLOAT", None)}
+    parsed = parse_predict_body(body)
+    assert parsed.numeric is not None
+    np.testing.assert_array_equal(request_inputs(parsed, spec)[0]["image"], x)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"instances": [[1,2],[3,4,5],[6]]}',  # ragged, yet as many numbers as a regular [3, 2]
+    b'{"instances": [[1,2],[3,[4]]]}', b'{"instances": [[1,2],[]]}',
+])
+def test_fast_path_checks_the_structure_not_just_the_count(text):
+    request = parse_predict_body(text)
+    assert request.numeric is None
+    with pytest.raises(ServingError, match="Failed to process element"):
+        request_inputs(request, {"x": TensorInfo("DT_FLOAT", None)})
+    regular = parse_predict_body(b'{"instances": [[1 ,2],[3,4] ]}')
+    assert regular.numeric is not None and regular.numeric[1].tolist() == [[1, 2], [3, 4]]
