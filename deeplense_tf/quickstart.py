@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -312,47 +311,19 @@ def _load_note(steps: list[dict]) -> str:
             f"budget allowed, took longer or did less than on an idle machine")
 
 
-REPORT_LEVELS = (0.1, 0.25, 0.5, 0.68, 0.8, 0.9, 0.95)  # those the curve has
-
-
-def _curve(result: dict):
-    """The expected-coverage curve `evaluate` wrote for a target: `{"expected", "observed"}`."""
-    for key in ("coverage_curve", "calibration"):
-        curve = result.get(key)
-        if isinstance(curve, dict) and curve.get("expected") and curve.get("observed"):
-            return curve
-    return None
-
-
 def _coverage_lines(metrics: dict) -> list[str]:
-    """The uncertainties next to the accuracy: observed share of test truths inside the
-    central predicted intervals at each nominal level (calibrated = equal)."""
-    rows = []
-    for target, result in metrics.get("targets", {}).items():
-        curve = _curve(result)
-        if curve is None:
-            continue
-        observed = dict(zip([round(float(e), 4) for e in curve["expected"]], curve["observed"]))
-        levels = [lvl for lvl in REPORT_LEVELS if lvl in observed]
-        pairs = [(float(e), float(o)) for e, o in zip(curve["expected"], curve["observed"])
-                 if float(e) <= 0.95 + 1e-9 and o is not None and math.isfinite(float(o))]
-        worst = max((abs(o - e) for e, o in pairs), default=float("nan"))
-        rows.append((target, levels, observed, worst, len(pairs)))
-    if not rows:
+    """The uncertainties next to the accuracy: `evaluate`'s expected-coverage section
+    (curve level by level, per bin, and its figure); nothing for a point head."""
+    from deeplense_tf.evaluation.report import coverage_markdown
+
+    section = coverage_markdown(metrics, plots_prefix="run/eval/")
+    if not section.strip():
         return []
-    lines = ["", "### Are the uncertainties right?", "",
-             "The expected-coverage curve: the share of test truths inside the central "
-             "predicted interval of each nominal level. Calibrated uncertainties give the "
-             "nominal share; less means over-confident intervals, more means too wide ones. "
-             "The full curve is in the calibration panel of the plot below.", ""]
-    for target, levels, observed, worst, count in rows:
-        lines += [f"| `{target}`: nominal | " + " | ".join(f"{lvl:.0%}" for lvl in levels) + " |",
-                  "|---|" + "---:|" * len(levels),
-                  "| observed | " + " | ".join(f"{observed[lvl]:.0%}" for lvl in levels) + " |",
-                  "",
-                  f"Largest gap from nominal over the {count} levels up to 95%: "
-                  f"{worst * 100:.1f} points.", ""]
-    return lines
+    return ["", "### Are the uncertainties right?", "",
+            "The expected-coverage curve: the share of test truths inside the central "
+            "predicted interval of each nominal level. Calibrated uncertainties give the "
+            "nominal share; less means over-confident intervals, more means too wide ones.",
+            "", section]
 
 
 def _plot_files(metrics: dict) -> list[tuple[str, str]]:
@@ -371,7 +342,7 @@ def _plot_files(metrics: dict) -> list[tuple[str, str]]:
 def _plot_caption(rel: str) -> str:
     if "coverage" in Path(rel).stem:
         return "expected-coverage curve"
-    return "predicted vs true, residuals vs true, calibration (coverage curve)"
+    return "predicted vs true, residuals vs true, calibration"
 
 
 def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, steps: list[dict],
@@ -423,6 +394,8 @@ def write_report(out: Path, *, manifest: dict, config: dict, metrics: dict, step
         "",
     ]
     for target, rel in _plot_files(metrics):
+        if target.endswith("_coverage") and _coverage_lines(metrics):
+            continue  # shown with the coverage section above
         path = run_dir / "eval" / rel
         lines.append(f"- `{target}`: {_plot_caption(rel)} — [{_rel(path, out)}]({_rel(path, out)})")
         lines.append(f"\n  ![{target}]({_rel(path, out)})\n")

@@ -113,23 +113,25 @@ def test_busy_line_says_how_loaded_the_machine_was_when_the_result_is_worse():
 def test_report_shows_the_coverage_curve_next_to_the_accuracy(tmp_path):
     import deeplense_tf.quickstart as qs
 
-    levels = [round(0.05 * i, 2) for i in range(1, 20)]
+    levels = [round(0.05 * i, 2) for i in range(1, 20)] + [0.99]
     observed = [min(1.0, level + 0.02) for level in levels]
-    observed[levels.index(0.9)] = 0.8  # the largest gap: 10 points
-    metrics = {"head": "gaussian", "examples": 4, "plots": {"log10_m_axion_ev": "plots/m.png"},
+    metrics = {"head": "gaussian", "examples": 4,
+               "plots": {"log10_m_axion_ev": "plots/m.png",
+                         "log10_m_axion_ev_coverage": "plots/m_coverage.png"},
                "targets": {"log10_m_axion_ev": {
                    "overall": {"count": 4, "mae": 0.09, "rmse": 0.1, "r2": 0.9, "bias": 0.0,
                                "median_ae": 0.1, "coverage_68": 0.7, "coverage_95": 0.97},
                    "baseline_mae": 0.5, "binned": [],
-                   "coverage_curve": {"expected": levels, "observed": observed}}}}
+                   "calibration": {"expected": levels, "observed": observed, "max_deviation": 0.02,
+                                   "coverage_68": 0.7, "coverage_95": 0.97}}}}
     steps = [{"step": "train", "status": "done", "seconds": 200.0, "work_seconds": 200.0,
               "load": 9.5, "detail": ""}]
     report = qs.write_report(tmp_path, manifest={}, config={}, metrics=metrics, steps=steps,
                              export_summary=None, export_status="skipped", cluster_summary=None,
                              cluster_status="skipped", smoke=False, wall_seconds=200).read_text()
-    # The report's levels that the curve has (68% is not on its 5% grid).
-    assert "| `log10_m_axion_ev`: nominal | 10% | 25% | 50% | 80% | 90% | 95% |" in report
-    assert "| observed | 12% | 27% | 52% | 82% | 80% | 97% |" in report
-    assert "Largest gap from nominal over the 19 levels up to 95%: 10.0 points." in report
+    result, curve = report.index("## Result"), report.index("### Are the uncertainties right?")
+    assert result < curve < report.index("## Plots")  # next to the accuracy
+    assert "| observed | 0.070 | 0.120 |" in report  # evaluate's curve, level by level
+    assert report.count("(run/eval/plots/m_coverage.png)") == 1  # its figure, once
     assert "(run/eval/plots/m.png)" in report
     assert "the machine was busy while training: load average 9.5" in report
