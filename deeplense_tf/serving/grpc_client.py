@@ -16,7 +16,6 @@ import time
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -29,6 +28,7 @@ from tensorflow_serving.apis import (
 from deeplense_tf.serving.metadata import metadata_json, parse_metadata
 from deeplense_tf.serving.status import HTTP_STATUS, ServingError, code_name
 from deeplense_tf.serving.status import wait_until_available as wait_for_version
+from deeplense_tf.serving.tensor_protos import to_array, to_tensor_proto
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
@@ -111,7 +111,7 @@ class GrpcClient:
         if not isinstance(inputs, dict):
             inputs = {self.input_name: inputs}
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            request.inputs[name].CopyFrom(to_tensor_proto(value))
         request.output_filter.extend(output_filter or [])
         return request
 
@@ -128,7 +128,7 @@ class GrpcClient:
     def predict_request(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
         """Sends a request made by `make_request`; outputs by name as numpy arrays."""
         response = self._call(self._predict_stub.Predict, request)
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: to_array(proto) for name, proto in response.outputs.items()}
 
     def close(self) -> None:
         self._channel.close()

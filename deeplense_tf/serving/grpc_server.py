@@ -32,6 +32,7 @@ from deeplense_tf.errors import ConfigError
 from deeplense_tf.serving.model_store import ModelStore
 from deeplense_tf.serving.servable import DEFAULT_SIGNATURE
 from deeplense_tf.serving.status import CODE_NAMES, ServingError, invalid_argument
+from deeplense_tf.serving.tensor_protos import to_array, to_tensor_proto
 
 log = logging.getLogger("deeplense_tf.serving")
 
@@ -109,7 +110,7 @@ def _fill_spec(out, spec, version: int) -> None:
 def _tensor_to_array(name: str, proto, *, max_rows: int, max_bytes: int) -> np.ndarray:
     _check_tensor_size(name, proto, max_rows=max_rows, max_bytes=max_bytes)
     try:
-        return tf.make_ndarray(proto)
+        return to_array(proto, writable=False)  # read by TensorFlow only
     except Exception as err:  # noqa: BLE001 - any malformed TensorProto is the caller's error
         raise invalid_argument(f"input '{name}' is not a valid TensorProto: {err}") from None
 
@@ -143,7 +144,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[name].CopyFrom(to_tensor_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802
