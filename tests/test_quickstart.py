@@ -110,6 +110,19 @@ def test_busy_line_says_how_loaded_the_machine_was_when_the_result_is_worse():
     assert busy_line(0.071, [{"step": "train", "load": None}], cores=2) is None
 
 
+def test_shared_cpu_note_ignores_the_simulation_workers_own_load(monkeypatch):
+    from deeplense_tf import quickstart
+
+    monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 2)
+    # An idle 2-core machine: the simulate step's two workers and parent read 3.15.
+    idle = [{"step": "simulate", "load": 3.15, "work_seconds": 44},
+            {"step": "train", "load": 2.74, "work_seconds": 241}]
+    assert quickstart._load_note(idle) == ""
+    shared = [{"step": "simulate", "load": 9.0, "work_seconds": 80},
+              {"step": "train", "load": 7.4, "work_seconds": 241}]
+    assert "other processes shared the CPU (load average up to 7.4" in quickstart._load_note(shared)
+
+
 def test_report_shows_the_coverage_curve_next_to_the_accuracy(tmp_path):
     import deeplense_tf.quickstart as qs
 
