@@ -51,7 +51,7 @@ def make_config(args, data_dir, **extra) -> dict:
     """The experiment config of one run: `--config` (a preset), the command-line choices,
     then `extra` (dotted keys, e.g. `seed=1` or `**{"training.init_from": RUN}`)."""
     from deeplense_tf.training import load_config
-    from deeplense_tf.training.commands import parse_set_options
+    from deeplense_tf.training.train_cli import parse_set_options
 
     base = load_config(args.config or ("smoke" if args.smoke else "quickstart"))
     if args.model and args.model != base["model"]["name"]:

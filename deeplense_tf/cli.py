@@ -18,19 +18,19 @@ from deeplense_tf.errors import DeepLenseError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("deeplense_tf.quickstart", "simulate, train, evaluate, export and cluster a small default run"),
-    "simulate": ("deeplense_tf.simulation.commands", "simulate lensing images into TFRecord shards"),
-    "merge-data": ("deeplense_tf.simulation.merge_command", "make the slices of a sliced simulation one data set"),
-    "train": ("deeplense_tf.training.commands", "train a regressor on a data set"),
-    "evaluate": ("deeplense_tf.evaluation.commands", "metrics and plots of a run on a data set"),
-    "predict": ("deeplense_tf.evaluation.predict_command", "predictions with uncertainties as CSV or JSON"),
-    "calibrate": ("deeplense_tf.evaluation.calibrate_command", "rescale a run's predicted stds to nominal coverage"),
-    "infer-population": ("deeplense_tf.evaluation.population_command",
+    "simulate": ("deeplense_tf.simulation.simulate_cli", "simulate lensing images into TFRecord shards"),
+    "merge-data": ("deeplense_tf.simulation.merge_data_cli", "make the slices of a sliced simulation one data set"),
+    "train": ("deeplense_tf.training.train_cli", "train a regressor on a data set"),
+    "evaluate": ("deeplense_tf.evaluation.evaluate_cli", "metrics and plots of a run on a data set"),
+    "predict": ("deeplense_tf.evaluation.predict_cli", "predictions with uncertainties as CSV or JSON"),
+    "calibrate": ("deeplense_tf.evaluation.calibrate_cli", "rescale a run's predicted stds to nominal coverage"),
+    "infer-population": ("deeplense_tf.evaluation.infer_population_cli",
                          "combine many lenses' posteriors into one shared axion mass"),
-    "tune": ("deeplense_tf.training.tuning_command", "hyperparameter search with KerasTuner"),
-    "ensemble": ("deeplense_tf.training.ensemble_command", "combine trained runs into one ensemble run"),
-    "cluster": ("deeplense_tf.clustering.commands", "cluster intermediate-layer features of a run"),
-    "export": ("deeplense_tf.export.commands", "export a run as a SavedModel for TF Serving and TFLite"),
-    "serve": ("deeplense_tf.serving.commands", "serve exported models with the TF Serving REST/gRPC API"),
+    "tune": ("deeplense_tf.training.tune_cli", "hyperparameter search with KerasTuner"),
+    "ensemble": ("deeplense_tf.training.ensemble_cli", "combine trained runs into one ensemble run"),
+    "cluster": ("deeplense_tf.clustering.cluster_cli", "cluster intermediate-layer features of a run"),
+    "export": ("deeplense_tf.export.export_cli", "export a run as a SavedModel for TF Serving and TFLite"),
+    "serve": ("deeplense_tf.serving.serve_cli", "serve exported models with the TF Serving REST/gRPC API"),
 }
 
 

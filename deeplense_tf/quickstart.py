@@ -157,7 +157,7 @@ def train_step(run_dir: Path, config: dict, smoke: bool) -> bool:
 
 def evaluate_step(run_dir: Path, data_dir: Path) -> tuple[dict, bool]:
     """Evaluate on the test split into RUN/eval, unless an evaluation newer than the model exists."""
-    from deeplense_tf.evaluation.commands import evaluate_command
+    from deeplense_tf.evaluation.evaluate_cli import evaluate_command
 
     paths = layout.RunPaths(run_dir)
     eval_dir = paths.eval

@@ -211,7 +211,7 @@ def test_ensemble_saved_before_the_mixture_layer_moved_loads(tmp_path, members, 
 
 def test_ensemble_is_evaluated_and_exported_like_any_run(tmp_path, members, data_dir):
     from deeplense_tf.cli import main
-    from deeplense_tf.evaluation.commands import evaluate_command
+    from deeplense_tf.evaluation.evaluate_cli import evaluate_command
     from deeplense_tf.export.exporter import export_run
 
     out = tmp_path / "ens"

@@ -392,7 +392,7 @@ def test_parse_variants():
     assert tflite_lib.parse_variants("int8, fp32") == ("fp32", "int8")
     assert tflite_lib.parse_variants("all") == tflite_lib.VARIANTS
     assert tflite_lib.parse_variants("") == ()
-    from deeplense_tf.export.commands import VARIANT_NAMES  # the CLI help, without importing TF
+    from deeplense_tf.export.export_cli import VARIANT_NAMES  # the CLI help, without importing TF
 
     assert VARIANT_NAMES == tflite_lib.VARIANTS
     with pytest.raises(ConfigError, match="unknown variant 'int4'; choose from fp32, fp16, dynamic_int8, int8"):

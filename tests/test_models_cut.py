@@ -56,6 +56,6 @@ def test_clustering_offers_the_cuts_choices_without_starting_tensorflow():
 
     assert embedding.DEFAULT_LAYER == EMBEDDING_LAYER
     assert embedding.POOLINGS == POOLINGS
-    code = "import sys, deeplense_tf.clustering.commands; assert 'tensorflow' not in sys.modules"
+    code = "import sys, deeplense_tf.clustering.cluster_cli; assert 'tensorflow' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

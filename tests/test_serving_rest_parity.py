@@ -533,7 +533,7 @@ def test_metrics_count_requests_by_model_version_api_and_status(api):
 @pytest.fixture(scope="module")
 def http_server(half_plus_two, tmp_path_factory):
     from deeplense_tf.cli import build_parser
-    from deeplense_tf.serving.commands import build_server
+    from deeplense_tf.serving.serve_cli import build_server
 
     config = tmp_path_factory.mktemp("monitoring") / "monitoring_config.txt"
     # TF Serving's testdata/monitoring_config.txt, verbatim.

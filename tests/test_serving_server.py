@@ -294,8 +294,8 @@ def test_cli_options_build_the_server(base_path):
         "serve", "--model-base-path", str(base_path), "--port", "0", "--grpc-port", "0",
         "--labels", "stable=1", "--enable-batching", "--max-batch-size", "4",
         "--file-system-poll-wait-seconds", "0"])
-    from deeplense_tf.serving.commands import build_server
     from deeplense_tf.serving.grpc_client import GrpcClient
+    from deeplense_tf.serving.serve_cli import build_server
 
     with build_server(args) as server:
         assert server.store.batching.max_batch_size == 4

@@ -639,7 +639,7 @@ def test_fine_tuning_refuses_an_incompatible_run(resumed, other_data_dir, tmp_pa
 def test_train_command_options(resumed):
     import argparse
 
-    from deeplense_tf.training import commands
+    from deeplense_tf.training import train_cli as commands
 
     parser = argparse.ArgumentParser()
     commands.add_arguments(parser)

@@ -8,9 +8,9 @@ Modules: `metrics` (pure numpy, physical units; coverage from the actual predict
 distribution), `plots` (per target: predicted vs true, residuals vs true, calibration;
 the coverage figure), `report` (evaluate a run on `Examples`, write metrics.json /
 predictions.csv / plots, text and Markdown tables, `coverage_markdown` for any report),
-`population` (one shared axion mass from many lenses), `commands` (`deeplense
-evaluate`), `predict_command` (`deeplense predict`), `population_command` (`deeplense
-infer-population`).
+`population` (one shared axion mass from many lenses), and the command-line faces
+`evaluate_cli`, `predict_cli`, `calibrate_cli`, `infer_population_cli` (`deeplense evaluate`,
+`predict`, `calibrate`, `infer-population`).
 
 Names load lazily, so importing this package does not import TensorFlow or matplotlib.
 """
@@ -41,8 +41,8 @@ _EXPORTS = {
     "format_table": "report",
     "markdown_table": "report",
     "write_evaluation": "report",
-    "evaluate_command": "commands",
-    "predict_inputs": "predict_command",
+    "evaluate_command": "evaluate_cli",
+    "predict_inputs": "predict_cli",
 }
 
 __all__ = sorted(_EXPORTS)

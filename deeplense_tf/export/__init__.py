@@ -8,7 +8,7 @@ Modules: `spec` (output names and units shared by every artefact), `savedmodel`
 (signatures, in-graph input checks, warm-up requests, models.config), `tflite`
 (fp32 / fp16 / dynamic_int8 / int8 variants, builtin ops only), `on_device` (a TFLite
 model that fine-tunes its head on the device), `exporter` (`export_run`, atomic
-version folders) and `commands` (`deeplense export`).
+version folders) and `export_cli` (`deeplense export`).
 
 Names load lazily, so importing this package does not import TensorFlow.
 """

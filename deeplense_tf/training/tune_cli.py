@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from deeplense_tf.training.commands import parse_set_options
+    from deeplense_tf.training.train_cli import parse_set_options
     from deeplense_tf.training.tuning import tune
 
     result = tune(

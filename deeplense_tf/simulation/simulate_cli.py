@@ -2,7 +2,7 @@
 
 `--task-index I --num-tasks N` writes task I's slice of the data set into
 `OUT/task-<I>-of-<N>/` (one machine or pod per task); `deeplense merge-data OUT`
-(`merge_command.py`) then makes the slices one data set. See docs/simulation.md.
+(`merge_data_cli.py`) then makes the slices one data set. See docs/simulation.md.
 """
 
 from __future__ import annotations
