@@ -73,9 +73,9 @@ def test_default_yaml_equals_default_config():
 
 
 def test_packaged_presets_load():
-    for name in ("default", "quickstart", "smoke"):
-        config = load_config(name)
-        assert config["model"]["name"] in ("cnn", "resnet")
+    expected = {"default": "resnet", "quickstart": "cnn_lstm", "smoke": "cnn"}
+    for name, model in expected.items():
+        assert load_config(name)["model"]["name"] == model
     assert load_config("smoke")["training"]["steps_per_epoch"] == 3
 
 

@@ -60,8 +60,10 @@ def test_chief_and_two_workers_share_the_trials(tmp_path):
 
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and set(table["status"]) == {"COMPLETED"}
-    # Both workers were waiting when the chief started, so each got one of the two trials.
-    assert sorted(table["tuner_id"]) == ["tuner0", "tuner1"], logs
+    # The workers share one oracle: each trial ran once, on one of them. Which worker gets
+    # which trial is a race (a tiny trial takes a second; one worker may take both).
+    assert table["trial_id"].nunique() == 2, logs
+    assert set(table["tuner_id"]) <= {"tuner0", "tuner1"}, logs
     for worker in ("tuner0", "tuner1"):
         assert "no trials left" in (out / "launch-logs" / f"{worker}.log").read_text()
     chief_log = (out / "launch-logs" / "chief.log").read_text()
