@@ -102,8 +102,25 @@ class SoftClipLogVariance(LogVarianceOffsetLayer):
         return config
 
 
+class _LogVarianceNLL(keras.losses.Loss):
+    """What the Gaussian and Student-t NLLs share: the log-variance clip, float32, config."""
+
+    def __init__(self, log_var_limit: float = LOG_VAR_LIMIT, name: str = "nll",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
+        self.log_var_limit = float(log_var_limit)
+
+    def get_config(self):
+        return {
+            "log_var_limit": self.log_var_limit,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": "float32",
+        }
+
+
 @keras.saving.register_keras_serializable(package="deeplense")
-class GaussianNLL(keras.losses.Loss):
+class GaussianNLL(_LogVarianceNLL):
     """Negative log-likelihood of `y_true` under N(mean, exp(log_var)), per example.
 
     `y_pred` is `[B, 2]` = (mean, log-variance), `y_true` is `[B, 1]` or `[B]`, both in
@@ -119,15 +136,9 @@ class GaussianNLL(keras.losses.Loss):
         log_var_limit: bound on the log-variance.
     """
 
-    def __init__(
-        self,
-        log_var_limit: float = LOG_VAR_LIMIT,
-        name: str = "gaussian_nll",
-        reduction: str = "sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
-        self.log_var_limit = float(log_var_limit)
+    def __init__(self, log_var_limit: float = LOG_VAR_LIMIT, name: str = "gaussian_nll",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(log_var_limit, name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
         y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
@@ -135,14 +146,6 @@ class GaussianNLL(keras.losses.Loss):
         mean = y_pred[:, 0]
         log_var = tf.clip_by_value(y_pred[:, 1], -self.log_var_limit, self.log_var_limit)
         return 0.5 * (log_var + tf.square(y_true - mean) * tf.exp(-log_var)) + _HALF_LOG_2PI
-
-    def get_config(self):
-        return {
-            "log_var_limit": self.log_var_limit,
-            "name": self.name,
-            "reduction": self.reduction,
-            "dtype": "float32",
-        }
 
 
 @keras.saving.register_keras_serializable(package="deeplense")
@@ -187,7 +190,7 @@ class StudentTOutput(LogVarianceOffsetLayer):
 
 
 @keras.saving.register_keras_serializable(package="deeplense")
-class StudentTNLL(keras.losses.Loss):
+class StudentTNLL(_LogVarianceNLL):
     """Negative log-likelihood of `y_true` under the Student-t of `y_pred`, per example.
 
     `y_pred` is `[B, 3]` = (mean, log-variance, df) in standardised units (df > 2);
@@ -200,8 +203,7 @@ class StudentTNLL(keras.losses.Loss):
 
     def __init__(self, log_var_limit: float = LOG_VAR_LIMIT, name: str = "student_t_nll",
                  reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
-        self.log_var_limit = float(log_var_limit)
+        super().__init__(log_var_limit, name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
         y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1])
@@ -216,14 +218,6 @@ class StudentTNLL(keras.losses.Loss):
             + 0.5 * tf.math.log(df * math.pi) + log_scale
             + 0.5 * (df + 1.0) * tf.math.log1p(z2 / df)
         )
-
-    def get_config(self):
-        return {
-            "log_var_limit": self.log_var_limit,
-            "name": self.name,
-            "reduction": self.reduction,
-            "dtype": "float32",
-        }
 
 
 @keras.saving.register_keras_serializable(package="deeplense")

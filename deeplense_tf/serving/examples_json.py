@@ -23,6 +23,7 @@ from deeplense_tf.serving.json_tensors import (
     is_b64_object,
     json_type,
     load_json_object,
+    signature_name,
     value_string,
 )
 from deeplense_tf.serving.status import invalid_argument
@@ -43,11 +44,7 @@ def parse_examples_body(body: bytes) -> ExamplesRequest:
     from tensorflow.core.example import example_pb2
 
     doc = load_json_object(body)
-    signature = doc.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise invalid_argument(
-            f"JSON Value: {value_string(doc)} not formatted correctly. "
-            "'signature_name' key must be a string value.")
+    signature = signature_name(doc)
     context = b""
     if "context" in doc:
         context = _example(doc["context"], example_pb2).SerializeToString()

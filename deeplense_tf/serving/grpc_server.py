@@ -169,17 +169,26 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata["signature_def"].Pack(signature_map)
         return response
 
-    def Classify(self, request, context):  # noqa: N802
+    def _run_examples(self, request, context, api: str):
+        """Classify / Regress: the servable and its results, or None after aborting."""
         started, servable = time.perf_counter(), None
         try:
             examples = _serialized_examples(request.input)
             version, label = _spec_version_and_label(request.model_spec)
             servable = self.store.servable(request.model_spec.name, version, label)
-            results = servable.classify(request.model_spec.signature_name, examples)
+            results = getattr(servable, api)(request.model_spec.signature_name, examples)
         except ServingError as err:
-            self._record(request, "classify", servable and servable.version, err.code, started)
-            return _abort(context, err)
-        self._record(request, "classify", servable.version, "OK", started)
+            self._record(request, api, servable and servable.version, err.code, started)
+            _abort(context, err)
+            return None
+        self._record(request, api, servable.version, "OK", started)
+        return servable, results
+
+    def Classify(self, request, context):  # noqa: N802
+        done = self._run_examples(request, context, "classify")
+        if done is None:
+            return None
+        servable, results = done
         response = classification_pb2.ClassificationResponse()
         _fill_spec(response.model_spec, request.model_spec, servable.version)
         for classes in results:
@@ -189,16 +198,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Regress(self, request, context):  # noqa: N802
-        started, servable = time.perf_counter(), None
-        try:
-            examples = _serialized_examples(request.input)
-            version, label = _spec_version_and_label(request.model_spec)
-            servable = self.store.servable(request.model_spec.name, version, label)
-            values = servable.regress(request.model_spec.signature_name, examples)
-        except ServingError as err:
-            self._record(request, "regress", servable and servable.version, err.code, started)
-            return _abort(context, err)
-        self._record(request, "regress", servable.version, "OK", started)
+        done = self._run_examples(request, context, "regress")
+        if done is None:
+            return None
+        servable, values = done
         response = regression_pb2.RegressionResponse()
         _fill_spec(response.model_spec, request.model_spec, servable.version)
         for value in values:

@@ -159,6 +159,16 @@ def _is_named_object(value) -> bool:
 # Requests: JSON -> numpy
 
 
+def signature_name(doc: dict) -> str:
+    """The request's `signature_name` ("" when absent); TF Serving's message when not a string."""
+    signature = doc.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise invalid_argument(
+            f"JSON Value: {value_string(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value.")
+    return signature
+
+
 def parse_predict_body(body: bytes) -> PredictRequestJson:
     """Parses a ``:predict`` body (bytes) into a `PredictRequestJson`.
 
@@ -171,11 +181,7 @@ def parse_predict_body(body: bytes) -> PredictRequestJson:
         return PredictRequestJson(body=body, signature_name=signature, strict=False,
                                   numeric=(key, array))
     doc = load_json_object(body)
-    signature = doc.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise invalid_argument(
-            f"JSON Value: {value_string(doc)} not formatted correctly. "
-            "'signature_name' key must be a string value.")
+    signature = signature_name(doc)
     strict = b"true" in body or b"false" in body
     return PredictRequestJson(body=body, signature_name=signature, strict=strict, _doc=doc)
 
