@@ -372,6 +372,31 @@ def test_an_interrupted_trial_resumes_from_its_runs_backup(tmp_path, data_dir, m
     assert result.table.iloc[0]["epochs"] == 2
 
 
+@pytest.mark.parametrize("head", ["gaussian", "student_t"])
+def test_trial_metrics_give_the_nll_of_every_likelihood_head(tmp_path, head):
+    """The Student-t head's loss is an NLL too: the tuner reports it in target units."""
+    run = _fake_run(tmp_path / head, ["a"], head,
+                    {"loss": 0.7, "targets": {"a": {"mae": 0.6, "mae_standardised": 0.3}}}, [0.5])
+    assert tuning.trial_metrics(run)["val_a_nll"] == pytest.approx(0.7 + math.log(0.5))
+
+
+def test_a_student_t_search_scores_its_nll(tmp_path, data_dir):
+    """A one-trial search with the Student-t head minimises val_<t>_nll, read from its run."""
+    space = tmp_path / "tiny-t.yaml"
+    space.write_text(TINY.read_text().replace("head: gaussian", "head: student_t"))
+    result, _ = quiet(tuning.tune, data_dir, tmp_path / "t", space=space, max_trials=1,
+                      overrides=OVERRIDES, progress=False)
+    assert result.objective == f"val_{TARGET}_nll"
+    row = result.table.iloc[0]
+    folder = tmp_path / "t" / "search" / f"trial_{row['trial_id']}"
+    assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["head"] == "student_t"
+    trial = json.loads((folder / "metrics.json").read_text())
+    stats = json.loads((folder / "target_stats.json").read_text())
+    assert np.isfinite(row["score"])
+    assert row["score"] == pytest.approx(trial["validation"]["loss"] + math.log(stats[TARGET]["std"]))
+    assert f"val_{TARGET}_nll" not in row  # the objective is the score column
+
+
 def test_several_targets_score_the_first_targets_nll(tmp_path, data_dir):
     """With two targets the default objective is the first one's NLL, from its own loss."""
     targets = [TARGET, "source_x_arcsec"]
