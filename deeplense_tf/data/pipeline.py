@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from deeplense_tf.data import augment as d4
 from deeplense_tf.data import schema
+from deeplense_tf.data.classes import class_index_table, labels_for_run
 from deeplense_tf.data.readers import (
     Examples,
     _first_line,
@@ -44,17 +45,26 @@ _SHUFFLE_BUFFER_BYTES = 256 * 2**20
 # --- steps --------------------------------------------------------------------------------
 
 
-def parse_record(serialized, image_shape, targets):
-    """One serialised record -> `{"image": float32 [H, W, C], "targets": {name: float32 []}}`."""
+def parse_record(serialized, image_shape, targets, class_table=None):
+    """One serialised record -> `{"image": float32 [H, W, C], "targets": {name: float32 []}}`.
+
+    With `class_table` (`[len(manifest classes)]` int64: the label of each `class_id`, -1
+    for a class not asked for) the result also holds `"class"`, the example's label.
+    """
     spec = {"image": tf.io.FixedLenFeature([], tf.string)}
     for name in targets:
         spec[schema.TARGET_PREFIX + name] = tf.io.FixedLenFeature([], tf.float32)
+    if class_table is not None:
+        spec["class_id"] = tf.io.FixedLenFeature([], tf.int64)
     example = tf.io.parse_single_example(serialized, spec)
     image = tf.io.decode_raw(example["image"], tf.float32, little_endian=True)
-    return {
+    parsed = {
         "image": tf.reshape(image, list(image_shape)),
         "targets": {name: example[schema.TARGET_PREFIX + name] for name in targets},
     }
+    if class_table is not None:
+        parsed[schema.CLASS_TARGET] = tf.gather(tf.constant(class_table, tf.int64), example["class_id"])
+    return parsed
 
 
 def has_defined_targets(example, targets):
@@ -90,9 +100,19 @@ def finalize_batch(batch, element_ids, *, targets, target_kinds, stats, normaliz
         images, values = d4.augment_batch(images, values, element_ids, target_kinds)
     values = standardize_targets(values, {name: stats[name] for name in targets})
     images = normalize_images(images, normalization)
-    return images, {
-        name: tf.reshape(tf.cast(values[name], tf.float32), [-1, 1]) for name in targets
-    }
+    labels = {name: tf.reshape(tf.cast(values[name], tf.float32), [-1, 1]) for name in targets}
+    if schema.CLASS_TARGET in batch:  # the class label: D4 leaves it as it is
+        labels[schema.CLASS_TARGET] = tf.reshape(tf.cast(batch[schema.CLASS_TARGET], tf.float32), [-1, 1])
+    return images, labels
+
+
+def _checked_label(example, message):
+    """The example with its class label checked: a class the caller did not name (a data
+    set with more classes than the run) stops the pipeline with `message` rather than
+    training on label -1."""
+    label = example[schema.CLASS_TARGET]
+    with tf.control_dependencies([tf.debugging.assert_non_negative(label, message=message)]):
+        return dict(example, **{schema.CLASS_TARGET: tf.identity(label)})
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -306,6 +326,7 @@ def build_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     verify: bool = True,
+    classes=None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(images [B, H, W, C] float32, {target: [B, 1] float32})`.
 
@@ -321,6 +342,10 @@ def build_dataset(
     seed: fixes shuffling and augmentation; the same arguments give the same batches.
     verify: read a simulated split once up front so bad shards fail here with a DataError
         instead of mid-training (cheap: results are remembered per process).
+    classes: class names (a classifier's, `model.head: softmax`): each batch's labels then
+        hold `"class"` `[B, 1]` float32, the example's index into `classes` (its class
+        read from the record's `class_id`), and `targets` may be empty (None = none).
+        DataError when the source holds no class labels or a class not in `classes`.
     """
     if normalization not in NORMALIZATIONS:
         raise ConfigError(
@@ -332,7 +357,16 @@ def build_dataset(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
 
     info = _open_source(source, split)
-    chosen = check_target_names(targets, info.available, info.name)
+    if classes is not None and not targets:
+        chosen = []
+    else:
+        chosen = check_target_names(targets, info.available, info.name)
+    class_table = None
+    if classes is not None:
+        data_classes = list(info.metadata.get("classes") or schema.CLASS_NAMES)
+        if info.examples is not None:
+            data_classes = list(info.examples.class_names)
+        class_table = class_index_table(data_classes, classes)
     if info.directory is not None and verify:
         verify_split(info.directory, split, info.metadata)
     stats = _resolve_stats(info, chosen, target_stats)
@@ -367,9 +401,14 @@ def build_dataset(
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
         image_shape = info.image_shape
         dataset = dataset.map(
-            lambda record: parse_record(record, image_shape, needed), num_parallel_calls=AUTOTUNE
+            lambda record: parse_record(record, image_shape, needed, class_table),
+            num_parallel_calls=AUTOTUNE,
         )
-        dataset = dataset.filter(lambda example: has_defined_targets(example, chosen))
+        if chosen:
+            dataset = dataset.filter(lambda example: has_defined_targets(example, chosen))
+        if class_table is not None:
+            message = f"{info.name}: holds a class that is not one of {', '.join(classes)}"
+            dataset = dataset.map(lambda example: _checked_label(example, message))
     else:
         examples = info.examples
         keep = np.ones(len(examples), bool)
@@ -378,14 +417,15 @@ def build_dataset(
         if not keep.any():
             raise DataError(f"{info.name}: no example has all of {', '.join(chosen)} defined")
         count = int(keep.sum())
-        dataset = tf.data.Dataset.from_tensor_slices(
-            {
-                "image": examples.images[keep],
-                "targets": {
-                    name: examples.targets[name][keep].astype(np.float32) for name in needed
-                },
-            }
-        )
+        columns = {
+            "image": examples.images[keep],
+            "targets": {name: examples.targets[name][keep].astype(np.float32) for name in needed},
+        }
+        if class_table is not None:
+            columns[schema.CLASS_TARGET] = labels_for_run(
+                None if examples.class_id is None else examples.class_id[keep],
+                data_classes, classes, info.name)
+        dataset = tf.data.Dataset.from_tensor_slices(columns)
 
     if cache:
         dataset = dataset.cache()

@@ -12,6 +12,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("no_sub", "cdm", "axion")
+# The classifier's label and output name (`model.head: softmax`): the class index.
+CLASS_TARGET = "class"
 
 TARGET_PREFIX = "target/"
 NUISANCE_PREFIX = "nuisance/"

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from deeplense_tf.errors import ConfigError
 
-HEADS = ("gaussian", "student_t", "point")
+HEADS = ("gaussian", "student_t", "point", "softmax")  # softmax: models/classification.py
 #: Heads whose outputs are a predictive distribution (mean, log-variance, ...).
 PROBABILISTIC_HEADS = ("gaussian", "student_t")
 POINT_LOSSES = ("mse", "huber")
@@ -243,17 +243,24 @@ def _check_head(head: str):
         raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
 
 
-def add_heads(features, head: str, targets) -> dict:
+def add_heads(features, head: str, targets, num_classes: int | None = None) -> dict:
     """Attach one output per target to `features` `[B, D]`.
 
     Layer names: point head `Dense(1)` named `<target>`; Gaussian head `Dense(2)` named
     `head_<target>` followed by `SoftClipLogVariance` named `<target>`; Student-t head
     `Dense(3)` named `head_<target>` followed by `StudentTOutput` named `<target>`.
-    Returns `{target: tensor}`.
+    Returns `{target: tensor}`. The softmax head (`num_classes` classes) is the classifier's
+    one output, `classification.add_softmax_head`.
     """
     _check_head(head)
     outputs = {}
     for target in targets:
+    if head == "softmax":
+        from deeplense_tf.models.classification import add_softmax_head
+
+        return add_softmax_head(features, num_classes)
+    if head == "full_covariance":  # covariance.py imports this module: the registry builds it
+        raise ConfigError("the full_covariance head is one joint output: covariance.add_full_covariance_head")
         if head == "point":
             outputs[target] = keras.layers.Dense(1, dtype="float32", name=target)(features)
         elif head == "student_t":
@@ -275,6 +282,12 @@ def make_losses(head: str, targets, point_loss: str = "huber", huber_delta: floa
     _check_head(head)
     if head == "gaussian":
         return {target: GaussianNLL() for target in targets}
+    if head == "softmax":
+        from deeplense_tf.models.classification import ClassCrossEntropy
+
+        return {target: ClassCrossEntropy() for target in targets}
+    if head == "full_covariance":
+        raise ConfigError("the full_covariance head has one joint loss: covariance.make_losses")
     if head == "student_t":
         return {target: StudentTNLL() for target in targets}
     if point_loss == "huber":
@@ -293,6 +306,10 @@ def make_metrics(head: str, targets) -> dict:
     _check_head(head)
     if head in PROBABILISTIC_HEADS:
         return {
+    if head == "softmax":
+        from deeplense_tf.models.classification import class_accuracy
+
+        return {t: [keras.metrics.MeanMetricWrapper(class_accuracy, name="accuracy")] for t in targets}
             t: [keras.metrics.MeanMetricWrapper(gaussian_mean_absolute_error, name="mae")]
             for t in targets
         }

@@ -190,6 +190,7 @@ def build_model(
     crop: int | None = None,
     **options,
 ) -> keras.Model:
+    num_classes: int | None = None,
     """Build the functional model `image -> preprocess -> encoder -> embedding -> heads`.
 
     Args:
@@ -202,6 +203,8 @@ def build_model(
         crop: centre crop in pixels, or None.
         **options: builder options (see `model_options(name)`), plus `dropout` (rate
             before the head).
+        num_classes: the softmax head's number of classes (`targets` is then
+            `[CLASS_TARGET]`; see `classification`).
 
     Returns:
         An uncompiled `keras.Model` named `name` with input `image` and a dict output
@@ -229,7 +232,7 @@ def build_model(
     features = keras.layers.Identity(name="embedding", dtype="float32")(features)
     if dropout > 0:
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    outputs = add_heads(features, head, targets)
+    outputs = add_heads(features, head, targets, num_classes)
     return keras.Model(image, outputs, name=name)
 
 

@@ -269,6 +269,8 @@ class Run:
                 self.predict_standardised(augment.transform_image(images, name), batch_size)
             )
             means.append(_back_to_original_frame(view, "mean", name, kinds, self.targets))
+        if self.head == "softmax":
+            return self._predict_classes(images, batch_size, tta)
             if self.head != "point":
                 # A D4 map permutes components and flips their signs, so the stds follow
                 # the same permutation (their signs are dropped by squaring).
@@ -308,6 +310,55 @@ class Run:
 
 def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, targets) -> dict:
     """Predictions made on an image transformed by `element`, mapped back to the original frame.
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """A classifier's classes in output order (run.json's `classes`); () for a regressor."""
+        return tuple(self.info.get("classes") or ())
+
+    def _predict_classes(self, images, batch_size: int, tta: bool) -> dict:
+        """The softmax head's `predict`: `{CLASS_TARGET: {"probabilities": float64 [N, K],
+        "class_id": int64 [N] (the most probable class), "class_names": (K names)}}`.
+
+        With `tta` the probabilities are the average over the eight D4 views (the class of
+        a lens does not change when it is rotated or mirrored).
+        """
+        from deeplense_tf.data import augment
+        from deeplense_tf.data.schema import CLASS_TARGET
+
+        views = augment.D4_ELEMENTS if tta else ("identity",)
+        if tta and images.shape[1] != images.shape[2]:
+            raise DataError(
+                f"test-time augmentation rotates by 90 degrees and needs square images, got "
+                f"{images.shape[1]}x{images.shape[2]}"
+            )
+        probabilities = np.mean([
+            self.predict_standardised(
+                augment.transform_image(images, name) if name != "identity" else images, batch_size
+            )[CLASS_TARGET].astype(np.float64)
+            for name in views
+        ], axis=0)
+        return {CLASS_TARGET: {"probabilities": probabilities,
+                               "class_id": np.argmax(probabilities, axis=1).astype(np.int64),
+                               "class_names": self.class_names}}
+
+    def predict_joint(self, images, batch_size: int = 256, tta: bool = False):
+        """The full-covariance head's joint prediction, physical units
+        (`deeplense_tf.models.covariance.JointGaussian`: `mean` [N, T], `covariance`
+        [N, T, T] in `targets` order). With `tta`: `(moment-matched JointGaussian, the eight
+        views' JointGaussians mapped back to the original frame)`. RunError for other heads."""
+        from deeplense_tf.models import covariance
+
+        if self.head != covariance.HEAD:
+            raise RunError(f"{self.path or 'this run'}: has a {self.head} head; only full_covariance "
+                           "predicts a joint covariance")
+        images = self._check_images(images)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        return covariance.predict_joint(
+            self._forward(), images, self.targets, self.target_stats, batch_size=batch_size, tta=tta,
+            target_kinds=(self.manifest or {}).get("target_kinds") or {},
+        )
+
 
     Vector / spin-2 components need their partner; a partner the run does not predict
     is NaN, so a component that the element mixes with its partner comes back NaN and

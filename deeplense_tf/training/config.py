@@ -43,7 +43,7 @@ from deeplense_tf.errors import ConfigError
 from deeplense_tf.files import read_yaml, write_text_atomic  # noqa: F401  (re-exported for config readers)
 
 AUGMENT_MODES = ("none", "exact", "d4")
-HEADS = ("gaussian", "student_t", "point")  # = deeplense_tf.models.heads.HEADS
+HEADS = ("gaussian", "student_t", "point", "softmax", "full_covariance")  # = deeplense_tf.models.heads.HEADS
 POINT_LOSSES = ("mse", "huber")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -198,6 +198,8 @@ class ExperimentConfig:
                 f"{source}: training.freeze_encoder_epochs ({t.freeze_encoder_epochs}) is more "
                 f"than training.epochs ({t.epochs})"
             )
+        if self.model.head == "softmax":
+            _check_classifier(self, source)
         monitor = t.monitor
         if not (monitor in ("val_loss", "val_mae") or (monitor.startswith("val_") and monitor.endswith("_mae"))):
             raise ConfigError(
@@ -392,6 +394,24 @@ def _check_names(config: ExperimentConfig, source: str):
     name = config.model.name
     if name not in MODEL_NAMES:
         raise ConfigError(f"{source}: unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def _check_classifier(config: ExperimentConfig, source: str) -> None:
+    """`model.head: softmax` classifies the data's class labels: the regression-only keys
+    that would silently do nothing are refused instead."""
+    from deeplense_tf.data.schema import CLASS_TARGET
+
+    targets = config.data.targets
+    if targets is not None and targets != [CLASS_TARGET]:
+        raise ConfigError(
+            f"{source}: data.targets {targets} with model.head softmax: a classifier predicts "
+            "the class label the data hold; leave data.targets null"
+        )
+    if config.training.monitor != "val_loss":
+        raise ConfigError(
+            f"{source}: training.monitor {config.training.monitor!r} is a regression metric; "
+            "model.head softmax monitors val_loss (the validation cross-entropy)"
+        )
 
 
 def apply_smoke(config: dict) -> dict:

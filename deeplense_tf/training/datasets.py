@@ -6,10 +6,20 @@ from deeplense_tf.errors import ConfigError, DataError
 
 
 def resolve_targets(config: dict, manifest: dict) -> list[str]:
-    """The config's `data.targets` checked against the data set (None: all of its targets)."""
+    """The config's `data.targets` checked against the data set (None: all of its targets).
+
+    A classifier (`model.head: softmax`) has one target, the class label (`CLASS_TARGET`),
+    once the data are checked to hold at least two classes.
+    """
     from deeplense_tf.data import check_target_names
 
     data_path = config["data"]["path"]
+    if config["model"]["head"] == "softmax":
+        from deeplense_tf.data.classes import class_names
+        from deeplense_tf.data.schema import CLASS_TARGET
+
+        class_names(manifest, data_path)
+        return [CLASS_TARGET]
     return list(check_target_names(config["data"]["targets"], manifest["targets"], data_path))
 
 
@@ -32,9 +42,16 @@ def make_datasets(config: dict):
     targets = resolve_targets(config, manifest)
     if not manifest["splits"].get("val", {}).get("count"):
         raise DataError(f"{path}: has no val split (needed for early stopping and the best model)")
-    target_stats = resolve_target_stats(path, targets)
     batch_size = config["training"]["batch_size"]
-    common = dict(targets=targets, target_stats=target_stats, normalization="none")
+    if config["model"]["head"] == "softmax":
+        # The class label is not standardised: its stats are the identity.
+        from deeplense_tf.data.classes import class_names
+
+        target_stats = {t: {"mean": 0.0, "std": 1.0} for t in targets}
+        common = dict(targets=[], classes=class_names(manifest, path), normalization="none")
+    else:
+        target_stats = resolve_target_stats(path, targets)
+        common = dict(targets=targets, target_stats=target_stats, normalization="none")
     train_ds = build_dataset(
         path,
         "train",

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.files import atomic_path, write_json_atomic
 from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
 from deeplense_tf.predictive import Predictive
@@ -84,7 +85,7 @@ def calibrate_variance(loop: TrainingLoop) -> dict | None:
     stored in the model; returns the fits, or None when off.
     """
     config = loop.config
-    if config["model"]["head"] == "point" or not config["training"]["calibrate_variance"]:
+    if config["model"]["head"] in ("point", "softmax") or not config["training"]["calibrate_variance"]:
         return None
     model = loop.model
 
@@ -144,9 +145,38 @@ def summary(loop: TrainingLoop, final_val: dict, recalibration, model, train_exa
                     "mae": final_val[f"val_{t}_mae_physical"],
                     "mae_standardised": final_val[f"val_{t}_mae"],
                     # the target's own loss (standardised units): the tuner's per-target NLL
+def calibrate_temperature(loop: TrainingLoop) -> dict | None:
+    """The softmax head's temperature fitted on the validation split's logits (the maths
+    in `deeplense_tf.models.classification`), agreed across workers and set in the model;
+    returns the fit, or None for a regression head."""
+    from deeplense_tf.models.classification import LOGITS_LAYER, fit_temperature, set_temperature
+    from deeplense_tf.models.cut import cut_model
+
+    if loop.config["model"]["head"] != "softmax":
+        return None
+    logits_model = cut_model(loop.model, LOGITS_LAYER)
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def forward(images):
+        return logits_model(images, training=False)
+
+    logits, labels = [], []
+    for images, targets in loop.validation_batches():
+        logits.append(np.asarray(forward(images), np.float64))
+        labels.append(np.asarray(targets[CLASS_TARGET]).reshape(-1).astype(np.int64))
+    fit = fit_temperature(np.concatenate(logits), np.concatenate(labels))
+    fit["temperature"] = loop.replicas.agree({"temperature": fit["temperature"]})["temperature"]
+    set_temperature(loop.model, fit["temperature"])
+    loop.log(
+        f"class probabilities: temperature {fit['temperature']:.3f} fitted on the validation split "
+        f"(cross-entropy {fit['nll_before']:.4f} -> {fit['nll_after']:.4f})"
+    )
+    return fit
+
+
                     "loss": final_val.get(f"val_{t}_loss", final_val["val_loss"]),
                 }
-                for t in loop.targets
+                for t in loop.targets if t != CLASS_TARGET
             },
         },
         "bn_recalibration": recalibration,
@@ -177,6 +207,7 @@ def write_history_plot(history: list[dict], targets, target_stats: dict, best_ep
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss (standardised targets)")
     axes[0].legend()
     for ax, t in zip(axes[1:], targets):
+            **({"accuracy": final_val["val_accuracy"]} if "val_accuracy" in final_val else {}),
         std = target_stats[t]["std"]
         ax.plot(epochs, [r[f"{t}_mae"] * std for r in history], label="train")
         ax.plot(epochs, [r[f"val_{t}_mae_physical"] for r in history], label="validation")
@@ -201,11 +232,18 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
     recalibration = recalibrate_batchnorm(loop)
     final_val = recalibration["after"] if recalibration and recalibration["kept"] else None
     variance_calibration = calibrate_variance(loop)
-    if final_val is None or variance_calibration:
+    temperature_calibration = calibrate_temperature(loop)
+    if final_val is None or variance_calibration or temperature_calibration:
         final_val = loop.evaluate()
     model = float32_model(loop, input_shape, previous_policy)
     chief = loop.replicas.chief
     result = Run(
+        if t == CLASS_TARGET:  # a classifier: its accuracy
+            ax.plot(epochs, [r["accuracy"] for r in history], label="train")
+            ax.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
+            ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+            ax.legend()
+            continue
         path=loop.out if chief else None,
         model=model,
         config=loop.config,
@@ -237,3 +275,5 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
         + f", {paths.logs}"
     )
     return result
+    if temperature_calibration:
+        metrics["temperature_calibration"] = {"split": "val", **temperature_calibration}

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.files import write_text_atomic
 from deeplense_tf.runs import layout
@@ -191,6 +192,11 @@ class TrainingLoop:
             return self._sums(outputs, targets, per_target, per_example)
 
         @tf.function
+            if t == CLASS_TARGET:  # the softmax head: accuracy rather than an MAE
+                from deeplense_tf.models.classification import class_accuracy
+
+                sums["accuracy"] = tf.reduce_sum(class_accuracy(targets[t], outputs[t]))
+                continue
         def step(iterator):
             images, targets = next(iterator)
             sums = strategy.run(replica_step, args=(images, targets))
@@ -229,8 +235,10 @@ class TrainingLoop:
                 totals[k] = totals.get(k, 0.0) + float(v)
         metrics = self._means(totals)
         metrics = {f"val_{k}": v for k, v in metrics.items()}
-        metrics["val_mae"] = float(np.mean([metrics[f"val_{t}_mae"] for t in self.targets]))
-        for t in self.targets:
+        regression = [t for t in self.targets if t != CLASS_TARGET]
+        if regression:
+            metrics["val_mae"] = float(np.mean([metrics[f"val_{t}_mae"] for t in regression]))
+        for t in regression:
             metrics[f"val_{t}_mae_physical"] = metrics[f"val_{t}_mae"] * self.target_stats[t]["std"]
         return self.replicas.agree(metrics)
 
@@ -455,3 +463,6 @@ class TrainingLoop:
         writer.writeheader()
         writer.writerows(self.history)
         write_text_atomic(layout.RunPaths(self.out).history, buffer.getvalue())
+            if t == CLASS_TARGET:
+                parts.append(f"val accuracy {row['val_accuracy']:.4f}")
+                continue

@@ -7,11 +7,19 @@ import keras
 from deeplense_tf.training.schedules import PhasedSchedule, WarmupCosineDecay
 
 
-def build_model_from_config(config: dict, input_shape, targets):
-    """`build_model` with the config's `model` section (name, head, normalisation, crop, options)."""
+def build_model_from_config(config: dict, input_shape, targets, num_classes: int | None = None):
+    """`build_model` with the config's `model` section (name, head, normalisation, crop, options).
+
+    The softmax head's `num_classes` defaults to the classes of the config's data.
+    """
     from deeplense_tf.models import build_model
 
     m = config["model"]
+    if m["head"] == "softmax" and num_classes is None:
+        from deeplense_tf.data import read_manifest
+        from deeplense_tf.data.classes import class_names
+
+        num_classes = len(class_names(read_manifest(config["data"]["path"]), config["data"]["path"]))
     return build_model(
         m["name"],
         tuple(input_shape),
@@ -19,6 +27,7 @@ def build_model_from_config(config: dict, input_shape, targets):
         head=m["head"],
         normalization=m["normalization"],
         crop=m["crop"],
+        num_classes=num_classes,
         **m["options"],
     )
 

@@ -103,9 +103,14 @@ class TrainingSession:
 
     def run_info(self, complete: bool) -> dict:
         m = self.config["model"]
+        extra = {}
+        if m["head"] == "softmax":  # the classifier's classes, in output order
+            from deeplense_tf.data.classes import class_names
+
+            extra["classes"] = list(class_names(self.manifest, self.config["data"]["path"]))
         return layout.run_info(
             model=m["name"], head=m["head"], targets=self.targets, input_shape=self.input_shape,
-            complete=complete, init_from=self.config["training"]["init_from"],
+            complete=complete, init_from=self.config["training"]["init_from"], **extra,
         )
 
     def build(self) -> TrainingLoop:
@@ -127,7 +132,10 @@ class TrainingSession:
         if self.chief:
             write_json_atomic(self.paths.target_stats, target_stats)
         global_batch = t["batch_size"]
-        usable = count_usable_examples(config["data"]["path"], self.manifest, "train", self.targets)
+        if config["model"]["head"] == "softmax":  # every example has a class label
+            usable = int(self.manifest["splits"]["train"]["count"])
+        else:
+            usable = count_usable_examples(config["data"]["path"], self.manifest, "train", self.targets)
         if usable < global_batch:
             raise DataError(
                 f"{config['data']['path']}: the train split has {usable} examples with "
