@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("deeplense_tf.simulation.simulate_cli", "simulate lensing images into TFRecord shards"),
     "merge-data": ("deeplense_tf.simulation.merge_data_cli", "make the slices of a sliced simulation one data set"),
     "train": ("deeplense_tf.training.train_cli", "train a regressor on a data set"),
+    "pretrain": ("deeplense_tf.training.pretrain_cli",
+                 "self-supervised pretraining of an encoder on unlabelled images (VICReg)"),
     "evaluate": ("deeplense_tf.evaluation.evaluate_cli", "metrics and plots of a run on a data set"),
     "predict": ("deeplense_tf.evaluation.predict_cli", "predictions with uncertainties as CSV or JSON"),
     "calibrate": ("deeplense_tf.evaluation.calibrate_cli", "rescale a run's predicted stds to nominal coverage"),

@@ -152,28 +152,57 @@ def save_embeddings(path, embeddings: Embeddings) -> str:
 
 
 def load_embeddings(path) -> Embeddings:
-    """Read a file written by `save_embeddings`."""
+    """Read a file written by `save_embeddings`; DataError naming the file otherwise.
+
+    Read through `deeplense_tf.data.safe_npy.NpzArchive`, not `np.load`: each member's
+    header is checked against the bytes the archive really holds before anything is
+    allocated, so a crafted header cannot claim a huge array, and nothing is unpickled.
+    """
+    from deeplense_tf.data.safe_npy import NpzArchive
+
+    def text(archive, key) -> str:
+        return str(archive.read(key)) if key in archive.files else ""
+
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable embeddings .npz ({err})") from err
-    with data:
-        if "features" not in data.files:
+        opened = NpzArchive(path)
+    except DataError as err:
+        raise DataError(f"{path}: not a readable embeddings .npz ({err})") from None
+    with opened as archive:
+        if "features" not in archive.files:
             raise DataError(f"{path}: no 'features' array; not written by save_embeddings")
+        features = archive.read("features")
+        if features.ndim != 2 or features.dtype.kind != "f":
+            raise DataError(
+                f"{path}: 'features' must be a float [N, D] array, got {features.dtype} "
+                f"{list(features.shape)}"
+            )
+        n = len(features)
+
+        def per_example(key):
+            values = archive.read(key)
+            if values.shape[:1] != (n,):
+                raise DataError(
+                    f"{path}: {key!r} has shape {list(values.shape)}, not one value for each "
+                    f"of the {n} feature rows"
+                )
+            return values
+
         return Embeddings(
-            features=data["features"],
-            layer=str(data["layer"]) if "layer" in data.files else "",
-            class_id=data["class_id"] if "class_id" in data.files else None,
-            class_names=tuple(str(c) for c in data["class_names"])
-            if "class_names" in data.files
+            features=features,
+            layer=text(archive, "layer"),
+            class_id=per_example("class_id") if "class_id" in archive.files else None,
+            class_names=tuple(str(c) for c in archive.read("class_names").reshape(-1))
+            if "class_names" in archive.files
             else (),
             targets={
-                k[len(_TARGET_KEY) :]: data[k] for k in data.files if k.startswith(_TARGET_KEY)
+                k[len(_TARGET_KEY) :]: per_example(k)
+                for k in archive.files
+                if k.startswith(_TARGET_KEY)
             },
             nuisance={
-                k[len(_NUISANCE_KEY) :]: data[k]
-                for k in data.files
+                k[len(_NUISANCE_KEY) :]: per_example(k)
+                for k in archive.files
                 if k.startswith(_NUISANCE_KEY)
             },
-            source=str(data["source"]) if "source" in data.files else "",
+            source=text(archive, "source"),
         )

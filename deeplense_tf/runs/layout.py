@@ -41,6 +41,10 @@ BACKUP_DIR = "backup"
 BACKUP_NEW_DIR = "backup.new"
 BACKUP_OLD_DIR = "backup.old"
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TARGET_STATS_FILE, RUN_FILE)
+# run.json's `head` for a self-supervised encoder (`deeplense pretrain`): its model ends in a
+# projector rather than heads, its `targets` and target_stats.json are empty, and what
+# readers use is its `embedding` layer (cluster, `training.init_from`).
+ENCODER_HEAD = "projector"
 
 # What training (or an ensemble) writes into a run folder: what --overwrite removes,
 # and nothing else (a user's own files in the folder stay).

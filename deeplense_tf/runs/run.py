@@ -23,6 +23,7 @@ from deeplense_tf.files import read_yaml
 from deeplense_tf.runs.layout import (
     BACKUP_DIR,
     CONFIG_FILE,
+    ENCODER_HEAD,
     MANIFEST_FILE,
     MODEL_FILE,
     REQUIRED_FILES,
@@ -87,7 +88,8 @@ class Run:
             raise RunError(f"{path / CONFIG_FILE}: {err}") from None
         stats = read_json(path / TARGET_STATS_FILE, "target statistics")
         targets = list(info.get("targets") or [])
-        if not targets:
+        encoder_only = info.get("head") == ENCODER_HEAD  # `deeplense pretrain`: no targets
+        if not targets and not encoder_only:
             raise RunError(f"{info_path}: lists no targets")
         missing_stats = [t for t in targets if t not in stats]
         if missing_stats:
@@ -106,7 +108,13 @@ class Run:
         except Exception as err:
             raise RunError(f"{path / MODEL_FILE}: cannot load the model ({err})") from None
         outputs = list(model.output_names)
-        if sorted(outputs) != sorted(targets):
+        if encoder_only:
+            from deeplense_tf.models.cut import EMBEDDING_LAYER
+
+            if EMBEDDING_LAYER not in [layer.name for layer in model.layers]:
+                raise RunError(f"{path / MODEL_FILE}: a pretrained encoder without an "
+                               f"{EMBEDDING_LAYER!r} layer")
+        elif sorted(outputs) != sorted(targets):
             raise RunError(
                 f"{path}: model outputs {outputs} do not match the targets {targets} in {RUN_FILE}"
             )
@@ -202,6 +210,12 @@ class Run:
 
     def predict_standardised(self, images, batch_size: int = 256) -> dict:
         """Raw model outputs `{target: [N, 1 or 2]}` (standardised units), batched."""
+        if self.head == ENCODER_HEAD:
+            raise RunError(
+                f"{self.path or 'this run'}: is a self-supervised encoder (deeplense pretrain) "
+                "and predicts no targets; cluster its features (deeplense cluster) or fine-tune "
+                "it (deeplense train --init-from RUN)"
+            )
         images = self._check_images(images)
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")

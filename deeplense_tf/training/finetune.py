@@ -5,6 +5,10 @@ model layer by layer (matched by name) before training starts; for the first
 `freeze_encoder_epochs` only the head trains, at the full learning rate, then every
 layer trains at `finetune_lr_factor` times it (the two-phase schedule is
 `model_setup.make_schedule`'s).
+
+A self-supervised encoder (`deeplense pretrain`, run.json `head: projector`) has no head
+and no targets: only the encoder's layers (`preprocess` through `embedding`) are copied,
+and the head starts from its initialisation.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deeplense_tf.errors import ConfigError, RunError
+from deeplense_tf.runs.layout import ENCODER_HEAD
 from deeplense_tf.runs.run import Run
 
 
@@ -30,7 +35,7 @@ def resolve_init_from(config: dict, out_dir: Path, manifest: dict) -> Run | None
         raise ConfigError("training.init_from must be another run folder than --out")
     t["init_from"] = str(init)
     source = Run.load(init)
-    if config["data"]["targets"] is None:
+    if config["data"]["targets"] is None and source.head != ENCODER_HEAD:
         missing = [x for x in source.targets if x not in manifest["targets"]]
         if missing:
             raise RunError(
@@ -51,14 +56,21 @@ def load_init_weights(model, source: Run, config: dict, input_shape) -> int:
     src_model_name = source.info.get("model")
     if src_model_name and src_model_name != config["model"]["name"]:
         problems.append(f"model {src_model_name!r} there, {config['model']['name']!r} here")
-    if source.head != config["model"]["head"]:
-        problems.append(f"head {source.head!r} there, {config['model']['head']!r} here")
-    targets = list(model.output_names)
-    if sorted(source.targets) != sorted(targets):
-        problems.append(f"targets {source.targets} there, {targets} here")
+    encoder_only = source.head == ENCODER_HEAD
+    layers = model.layers
+    if encoder_only:
+        from deeplense_tf.models import encoder_layers
+
+        layers = encoder_layers(model)
+    else:
+        if source.head != config["model"]["head"]:
+            problems.append(f"head {source.head!r} there, {config['model']['head']!r} here")
+        targets = list(model.output_names)
+        if sorted(source.targets) != sorted(targets):
+            problems.append(f"targets {source.targets} there, {targets} here")
     src_layers = {layer.name: layer for layer in source.model.layers}
     weight_problems, copied = [], 0
-    for layer in model.layers:
+    for layer in layers:
         if not layer.weights:
             continue
         src = src_layers.get(layer.name)
@@ -76,7 +88,7 @@ def load_init_weights(model, source: Run, config: dict, input_shape) -> int:
         problems.append(f"and {len(weight_problems) - 3} more layers")
     if problems:
         raise RunError(f"cannot initialise from {source.path}: " + "; ".join(problems))
-    for layer in model.layers:
+    for layer in layers:
         if layer.weights:
             layer.set_weights(src_layers[layer.name].get_weights())
             copied += 1

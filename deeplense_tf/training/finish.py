@@ -260,6 +260,7 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
     layout.save_model_atomic(model, paths.model)
     loop.write_history()
     metrics = summary(loop, final_val, recalibration, model, train_examples)
+    metrics.update(loop.summary_extras(final_val))
     if variance_calibration:
         metrics["variance_calibration"] = {"split": "val", "targets": variance_calibration}
     write_json_atomic(paths.metrics, metrics)

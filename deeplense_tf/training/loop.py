@@ -89,7 +89,7 @@ class TrainingLoop:
         self.train_ds = train_ds
         self.val_ds = val_ds
         self.target_stats = target_stats
-        self.targets = list(config["data"]["targets"])
+        self.targets = list(config["data"]["targets"] or [])  # none for pretraining
         self.steps_per_epoch = int(steps_per_epoch)
         self.global_batch = config["training"]["batch_size"]
         self.out = Path(out)
@@ -174,22 +174,32 @@ class TrainingLoop:
                 sums[f"{t}_loss"] = tf.reduce_sum(per_target[t])
         return sums
 
+    def replica_loss(self, images, targets, training: bool):
+        """`(loss, sums)` of one replica's batch: the loss it minimises (its share of the
+        global batch's mean, so the replicas' gradients add up to the mean's) and the
+        per-batch sums (`loss`, `count`, ...) the epoch's metrics are averaged from.
+
+        The one place the objective lives: the pretraining loop (`training/pretrain.py`)
+        overrides it with a two-view loss; the step around it is the same for both.
+        """
+        outputs = self.model(images, training=training)
+        per_target, per_example = self._per_example(outputs, targets)
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+        return loss, self._sums(outputs, targets, per_target, per_example)
+
     def make_train_step(self):
         model, optimizer, strategy = self.model, self.optimizer, self.replicas.strategy
         trainable = model.trainable_variables
-        global_batch = self.global_batch
 
         def replica_step(images, targets):
             with tf.GradientTape() as tape:
-                outputs = model(images, training=True)
-                per_target, per_example = self._per_example(outputs, targets)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                loss, sums = self.replica_loss(images, targets, training=True)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss)
             grads = tape.gradient(scaled, trainable)
             optimizer.apply_gradients(zip(grads, trainable))
-            return self._sums(outputs, targets, per_target, per_example)
+            return sums
 
         @tf.function
             if t == CLASS_TARGET:  # the softmax head: accuracy rather than an MAE
@@ -205,13 +215,9 @@ class TrainingLoop:
         return step
 
     def make_eval_step(self):
-        model = self.model
-
         @tf.function(reduce_retracing=True)
         def step(images, targets):
-            outputs = model(images, training=False)
-            per_target, per_example = self._per_example(outputs, targets)
-            return self._sums(outputs, targets, per_target, per_example)
+            return self.replica_loss(images, targets, training=False)[1]
 
         return step
 
@@ -424,6 +430,10 @@ class TrainingLoop:
         if writers:
             for writer in writers.values():
                 writer.close()
+
+    def summary_extras(self, final_val: dict) -> dict:
+        """Entries `finish` adds to metrics.json beside the summary (none for a regressor)."""
+        return {}
 
     def restore_best_weights(self) -> None:
         """Back to the weights of the best epoch (a no-op before any epoch improved)."""
