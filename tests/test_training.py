@@ -215,6 +215,23 @@ def test_early_stopping_and_time_budget_decisions():
     assert epochs_that_fit(100.0, 30.0) == 3 and epochs_that_fit(-1.0, 30.0) == 0
 
 
+def test_time_budget_plan_shrinks_at_once_and_grows_back():
+    """A slow first epoch (cache fill, a busy machine) must not cut the run for good."""
+    from deeplense_tf.training.loop import REPLAN_UP_MARGIN, budget_plan
+
+    # After epoch 1 only 14 more fit: shrink from the configured 200 to 15.
+    assert budget_plan(epoch=1, planned=200, configured=200, fit=14) == 15
+    # Epochs got faster: 24 more fit after epoch 2, so the plan grows to 26...
+    assert budget_plan(epoch=2, planned=15, configured=200, fit=24) == 26
+    # ...but never past the configured epochs.
+    assert budget_plan(epoch=2, planned=15, configured=20, fit=24) == 20
+    # Timing noise of less than the margin leaves the schedule alone.
+    assert budget_plan(epoch=5, planned=26, configured=200, fit=21 + REPLAN_UP_MARGIN - 1) is None
+    assert budget_plan(epoch=5, planned=26, configured=200, fit=21) is None
+    # One epoch fewer than planned fits: shrink at once (the budget is a promise).
+    assert budget_plan(epoch=5, planned=26, configured=200, fit=20) == 25
+
+
 def test_make_datasets_and_compile_model_for_fit(data_dir, tmp_path):
     """What tuning and notebooks use: the config's pipelines and a compiled model for fit()."""
     import keras

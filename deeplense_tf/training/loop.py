@@ -62,6 +62,24 @@ def epochs_that_fit(remaining_seconds: float, seconds_per_epoch: float) -> int:
     return int(remaining_seconds // max(seconds_per_epoch, 1e-9))
 
 
+# A plan grows back only when this many more epochs fit, so that the cosine schedule is
+# not re-shaped after every epoch by timing noise.
+REPLAN_UP_MARGIN = 2
+
+
+def budget_plan(epoch: int, planned: int, configured: int, fit: int) -> int | None:
+    """The new total of epochs once `fit` more fit in the budget, or None to keep `planned`.
+
+    The plan shrinks as soon as fewer epochs fit, and grows back (never past the
+    configured epochs) when epochs got faster: a slow first epoch (cache fill, a busy
+    machine) must not cut a whole run short.
+    """
+    target = min(epoch + fit, configured)
+    if target < planned or target >= planned + REPLAN_UP_MARGIN:
+        return target if target != planned else None
+    return None
+
+
 class TrainingLoop:
     """Trains `model` epoch by epoch and keeps what a backup carries.
 
@@ -111,6 +129,7 @@ class TrainingLoop:
         self.elapsed = 0.0
         self.stopped = None
         self.best_weights = None
+        self.recent_estimates: list[float] = []  # seconds per epoch, for the time budget
 
     def log(self, message: str):
         self.replicas.log(message)
@@ -160,6 +179,11 @@ class TrainingLoop:
     # -- steps ------------------------------------------------------------------------------
 
     def _per_example(self, outputs, targets):
+        if set(self.losses) - set(self.targets):
+            # One loss over all targets, keyed by its own output (the full-covariance head's
+            # `posterior`): it reads every target's truth; there is no per-target loss.
+            joint = [loss.call(targets, tf.cast(outputs[name], tf.float32)) for name, loss in self.losses.items()]
+            return {}, tf.add_n(joint)
         per_target = {
             t: self.losses[t].call(targets[t], tf.cast(outputs[t], tf.float32)) for t in self.targets
         }
@@ -168,9 +192,14 @@ class TrainingLoop:
     def _sums(self, outputs, targets, per_target, per_example):
         sums = {"loss": tf.reduce_sum(per_example), "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
         for t in self.targets:
+            if t == CLASS_TARGET:  # the softmax head: accuracy rather than an MAE
+                from deeplense_tf.models.classification import class_accuracy
+
+                sums["accuracy"] = tf.reduce_sum(class_accuracy(targets[t], outputs[t]))
+                continue
             mean = tf.cast(outputs[t][:, 0], tf.float32)
             sums[f"{t}_mae"] = tf.reduce_sum(tf.abs(mean - tf.reshape(targets[t], [-1])))
-            if len(self.targets) > 1:
+            if len(self.targets) > 1 and t in per_target:
                 sums[f"{t}_loss"] = tf.reduce_sum(per_target[t])
         return sums
 
@@ -202,11 +231,6 @@ class TrainingLoop:
             return sums
 
         @tf.function
-            if t == CLASS_TARGET:  # the softmax head: accuracy rather than an MAE
-                from deeplense_tf.models.classification import class_accuracy
-
-                sums["accuracy"] = tf.reduce_sum(class_accuracy(targets[t], outputs[t]))
-                continue
         def step(iterator):
             images, targets = next(iterator)
             sums = strategy.run(replica_step, args=(images, targets))
@@ -402,18 +426,22 @@ class TrainingLoop:
             if stop:
                 self.stopped = "early_stopping"
             if budget is not None and not self.stopped:
-                fit = epochs_that_fit(budget - self.elapsed, timing["estimate"])
+                # The median of the last three epochs: one slow epoch does not re-plan.
+                self.recent_estimates = (self.recent_estimates + [timing["estimate"]])[-3:]
+                estimate = float(np.median(self.recent_estimates))
+                fit = epochs_that_fit(budget - self.elapsed, estimate)
                 if self.epoch == 1 and fit < 3 and not t["steps_per_epoch"]:
                     self.log(
                         f"time budget: only {1 + fit} epoch(s) of {self.steps_per_epoch} steps fit, so the "
                         "cosine schedule can barely anneal; shorter epochs (training.steps_per_epoch) "
                         "usually train better under a short budget"
                     )
+                plan = budget_plan(self.epoch, self.planned_epochs, t["epochs"], fit)
                 if fit <= 0:
                     self.stopped = "time_budget"
-                elif self.epoch + fit < self.planned_epochs:
-                    self.log(f"time budget: planning {self.epoch + fit} epochs instead of {self.planned_epochs}")
-                    self.set_plan(self.epoch + fit)
+                elif plan is not None:
+                    self.log(f"time budget: planning {plan} epochs instead of {self.planned_epochs}")
+                    self.set_plan(plan)
             self.report(row, improved, writers)
             resume.write_backup(self.out, self.checkpoint, self.state(), chief)
             if self.on_epoch is not None:
@@ -449,6 +477,9 @@ class TrainingLoop:
         parts = [f"epoch {self.epoch}/{self.planned_epochs}", f"loss {row['loss']:.4f}",
                  f"val_loss {row['val_loss']:.4f}"]
         for t in self.targets:
+            if t == CLASS_TARGET:
+                parts.append(f"val accuracy {row['val_accuracy']:.4f}")
+                continue
             parts.append(f"val MAE {t} {row[f'val_{t}_mae_physical']:.4g}")
         parts += [f"lr {row['learning_rate']:.2e}", f"{row['seconds']:.0f}s"]
         print(" - ".join(parts) + (" (best)" if improved else ""), flush=True)
@@ -473,6 +504,3 @@ class TrainingLoop:
         writer.writeheader()
         writer.writerows(self.history)
         write_text_atomic(layout.RunPaths(self.out).history, buffer.getvalue())
-            if t == CLASS_TARGET:
-                parts.append(f"val accuracy {row['val_accuracy']:.4f}")
-                continue
