@@ -36,6 +36,8 @@ import keras
 
 from deeplense_tf.data import transforms
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.models.covariance import HEAD as FULL_COVARIANCE
+from deeplense_tf.models.covariance import JOINT_OUTPUT, add_full_covariance_head
 from deeplense_tf.models.cut import cut_model
 from deeplense_tf.models.heads import HEADS, add_heads
 from deeplense_tf.models.layers import ImagePreprocess
@@ -158,7 +160,7 @@ def _check_inputs(name, input_shape, targets, head, normalization, crop):
         raise ConfigError(f"model {name!r}: no targets given")
     if len(set(targets)) != len(targets):
         raise ConfigError(f"model {name!r}: duplicate target names in {targets}")
-    reserved = {"image", "preprocess", "embedding", "head_dropout"}
+    reserved = {"image", "preprocess", "embedding", "head_dropout", JOINT_OUTPUT}
     for target in targets:
         if not isinstance(target, str) or not target or "/" in target or target in reserved:
             raise ConfigError(
@@ -232,7 +234,10 @@ def build_model(
     features = keras.layers.Identity(name="embedding", dtype="float32")(features)
     if dropout > 0:
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    outputs = add_heads(features, head, targets, num_classes)
+    if head == FULL_COVARIANCE:
+        outputs = add_full_covariance_head(features, targets)
+    else:
+        outputs = add_heads(features, head, targets, num_classes)
     return keras.Model(image, outputs, name=name)
 
 

@@ -107,7 +107,10 @@ class Run:
             model = keras.saving.load_model(path / MODEL_FILE, compile=False)
         except Exception as err:
             raise RunError(f"{path / MODEL_FILE}: cannot load the model ({err})") from None
-        outputs = list(model.output_names)
+        from deeplense_tf.models.covariance import JOINT_OUTPUT
+
+        # The full-covariance head's joint output sits beside the per-target ones.
+        outputs = [name for name in model.output_names if name != JOINT_OUTPUT]
         if encoder_only:
             from deeplense_tf.models.cut import EMBEDDING_LAYER
 
@@ -225,7 +228,7 @@ class Run:
             out = forward(images[start : start + batch_size])
             for t in self.targets:
                 chunks[t].append(np.asarray(out[t], dtype=np.float32))
-        width = {"gaussian": 2, "student_t": 3}.get(self.head, 1)
+        width = {"gaussian": 2, "student_t": 3, "full_covariance": 2}.get(self.head, 1)
         return {
             t: np.concatenate(c) if c else np.zeros((0, width), np.float32) for t, c in chunks.items()
         }
@@ -306,6 +309,24 @@ class Run:
             if self.head == "student_t":
                 out[t]["components"]["df"] = np.stack([d[t] for d in dfs])
         return out
+
+    def predict_joint(self, images, batch_size: int = 256, tta: bool = False):
+        """The full-covariance head's joint prediction, physical units
+        (`deeplense_tf.models.covariance.JointGaussian`: `mean` [N, T], `covariance`
+        [N, T, T] in `targets` order). With `tta`: `(moment-matched JointGaussian, the eight
+        views' JointGaussians mapped back to the original frame)`. RunError for other heads."""
+        from deeplense_tf.models import covariance
+
+        if self.head != covariance.HEAD:
+            raise RunError(f"{self.path or 'this run'}: has a {self.head} head; only full_covariance "
+                           "predicts a joint covariance")
+        images = self._check_images(images)
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        return covariance.predict_joint(
+            self._forward(), images, self.targets, self.target_stats, batch_size=batch_size, tta=tta,
+            target_kinds=(self.manifest or {}).get("target_kinds") or {},
+        )
 
     def embedding_model(self, layer: str | None = None):
         """A `keras.Model` from the `image` input to the output of `layer` (default

@@ -79,8 +79,11 @@ def make_optimizer(config: dict, steps_per_epoch: int, epochs: int | None = None
 
 def make_losses(config: dict, targets) -> dict:
     """`{target: loss}` for the config's head (and point loss / Huber delta)."""
+    from deeplense_tf.models import covariance
     from deeplense_tf.models import make_losses as losses_for_head
 
+    if config["model"]["head"] == covariance.HEAD:
+        return covariance.make_losses(targets)  # one joint loss, keyed by its output
     t = config["training"]
     return losses_for_head(config["model"]["head"], targets, t["point_loss"], t["huber_delta"])
 
@@ -90,11 +93,14 @@ def compile_model(model, config: dict, steps_per_epoch: int):
     notebooks). Metrics: MAE of the (mean) prediction per target, standardised units,
     logged as `<target>_mae`. Returns the model."""
     from deeplense_tf.models import make_metrics
+    from deeplense_tf.models.covariance import HEAD, JOINT_OUTPUT
 
-    targets = list(model.output_names)
+    # The full-covariance head's joint output is no target (fit it with y={JOINT_OUTPUT: [B, T]}).
+    targets = [name for name in model.output_names if name != JOINT_OUTPUT]
+    head = config["model"]["head"]
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=make_losses(config, targets),
-        metrics=make_metrics(config["model"]["head"], targets),
+        metrics=None if head == HEAD else make_metrics(head, targets),
     )
     return model

@@ -1,0 +1,215 @@
+"""The full-covariance head (`models/covariance.py`): its NLL against scipy, positive
+definiteness under extreme inputs, the covariance's D4 transform, the covariance scale's
+fit and application, and a tiny run through `train()`, evaluation and export."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_fixtures import TARGET_KINDS, write_dataset
+from scipy import stats
+
+from deeplense_tf.data import augment
+from deeplense_tf.models import build_model
+from deeplense_tf.models.covariance import (
+    JOINT_OUTPUT,
+    CholeskyGaussianOutput,
+    JointGaussian,
+    MultivariateGaussianNLL,
+    apply_covariance_scale,
+    cholesky_size,
+    d4_target_matrix,
+    fit_covariance_scale,
+)
+
+# The blob data's targets with a value in every example (the axion mass is NaN off-class).
+TARGETS = ["theta_e_arcsec", "source_x_arcsec", "source_y_arcsec", "lens_e1", "lens_e2"]
+SHAPE = (16, 16, 1)
+
+
+def random_joint(rng, n, size):
+    """A `[n, size, size+1]` joint output with a random lower-triangular positive factor."""
+    factor = np.tril(rng.normal(0, 0.5, (n, size, size)))
+    idx = np.arange(size)
+    factor[:, idx, idx] = np.exp(rng.normal(0, 0.5, (n, size)))
+    mean = rng.normal(size=(n, size))
+    return np.concatenate([mean[..., None], factor], axis=-1)
+
+
+def test_nll_matches_scipy_multivariate_normal():
+    rng = np.random.default_rng(0)
+    joint = random_joint(rng, 6, 4)
+    y = rng.normal(size=(6, 4))
+    loss = MultivariateGaussianNLL(["a", "b", "c", "d"], reduction=None)
+    got = loss.call(tf.constant(y, tf.float32), tf.constant(joint, tf.float32)).numpy()
+    dist = JointGaussian.from_joint_output(joint)
+    expected = [-stats.multivariate_normal(dist.mean[i], dist.covariance[i]).logpdf(y[i]) for i in range(6)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    np.testing.assert_allclose(-dist.logpdf(y), expected, rtol=1e-9)
+    # The truth as the pipeline's {target: [B, 1]} batch gives the same.
+    as_dict = {t: tf.constant(y[:, [i]], tf.float32) for i, t in enumerate("abcd")}
+    np.testing.assert_allclose(loss.call(as_dict, tf.constant(joint, tf.float32)).numpy(), got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, 30.0, -30.0, 1e4, -1e4, 1e30, -1e30])
+def test_factor_is_positive_definite_and_finite_for_extreme_inputs(value):
+    size = 4
+    layer = CholeskyGaussianOutput(size)
+    raw = tf.fill([3, size + cholesky_size(size)], value)
+    raw = tf.concat([raw[:1], -raw[1:2], raw[2:] * tf.linspace(-1.0, 1.0, size + cholesky_size(size))], 0)
+    # Extreme covariance entries; the means (unbounded, as in the Gaussian head) stay 0.
+    raw = tf.Variable(tf.concat([tf.zeros([3, size]), raw[:, size:]], axis=1))
+    with tf.GradientTape() as tape:
+        joint = layer(raw)
+        y = tf.zeros([3, size])
+        nll = MultivariateGaussianNLL(list("abcd"), reduction=None).call(y, joint)
+        total = tf.reduce_sum(nll)
+    grad = tape.gradient(total, raw)
+    joint = joint.numpy()
+    assert np.isfinite(joint).all() and np.isfinite(nll.numpy()).all() and np.isfinite(grad.numpy()).all()
+    factor = joint[:, :, 1:].astype(np.float64)
+    assert np.all(np.triu(factor, 1) == 0) and np.all(np.diagonal(factor, axis1=1, axis2=2) > 0)
+    dist = JointGaussian.from_joint_output(joint)
+    stds = dist.stds()
+    assert stds.min() >= math.exp(-layer.limit / 2) * (1 - 1e-5)
+    assert stds.max() <= math.exp(layer.limit / 2) * (1 + 1e-5)
+    # Σ = S R S with S > 0: positive definite exactly when the correlation matrix R is.
+    correlation = dist.correlation()
+    assert np.abs(correlation[:, ~np.eye(size, dtype=bool)]).max() < 0.9989
+    assert np.linalg.eigvalsh(correlation).min() > 1e-9
+    np.linalg.cholesky(correlation)  # raises unless positive definite
+
+
+def test_model_views_are_the_joint_marginals_and_the_scale_applies_exactly(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", SHAPE, TARGETS, head="full_covariance", normalization="none",
+                        width=4, blocks=2, convs_per_block=1)
+    images = np.random.default_rng(0).gamma(2.0, 0.1, size=(5, *SHAPE)).astype(np.float32)
+    out = model(images, training=False)
+    assert out[JOINT_OUTPUT].shape == (5, len(TARGETS), len(TARGETS) + 1)
+    dist = JointGaussian.from_joint_output(out[JOINT_OUTPUT].numpy())
+    for i, t in enumerate(TARGETS):
+        np.testing.assert_allclose(out[t].numpy()[:, 0], dist.mean[:, i], atol=1e-6)
+        np.testing.assert_allclose(np.exp(out[t].numpy()[:, 1]), dist.covariance[:, i, i], rtol=1e-5)
+    apply_covariance_scale(model, 2.5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    scaled = JointGaussian.from_joint_output(reloaded(images, training=False)[JOINT_OUTPUT].numpy())
+    np.testing.assert_allclose(scaled.covariance, 2.5 * dist.covariance, rtol=1e-5)
+    np.testing.assert_allclose(scaled.mean, dist.mean, atol=1e-6)
+
+
+def test_reserved_output_name():
+    from deeplense_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot name a layer"):
+        build_model("cnn", SHAPE, [JOINT_OUTPUT], head="full_covariance", width=4, blocks=1)
+
+
+def rotation_2theta(quarter_turns: int) -> np.ndarray:
+    angle = 2 * quarter_turns * math.pi / 2  # spin 2: the pair turns by twice the angle
+    return np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+
+
+def test_covariance_rotates_with_the_spin2_and_vector_pairs_under_d4():
+    rng = np.random.default_rng(1)
+    dist = JointGaussian.from_joint_output(random_joint(rng, 1, len(TARGETS)))
+    e = [TARGETS.index("lens_e1"), TARGETS.index("lens_e2")]
+    v = [TARGETS.index("source_x_arcsec"), TARGETS.index("source_y_arcsec")]
+    for k, element in enumerate(("identity", "rot90", "rot180", "rot270")):
+        P = d4_target_matrix(element, TARGETS, TARGET_KINDS)
+        moved = dist.transformed(P)
+        R = rotation_2theta(k)
+        # The ellipticity block: R(2θ) Σ R(2θ)ᵀ; the position block: R(θ) Σ R(θ)ᵀ.
+        np.testing.assert_allclose(moved.covariance[0][np.ix_(e, e)],
+                                   R @ dist.covariance[0][np.ix_(e, e)] @ R.T, atol=1e-12)
+        Rv = np.array([[math.cos(k * math.pi / 2), -math.sin(k * math.pi / 2)],
+                       [math.sin(k * math.pi / 2), math.cos(k * math.pi / 2)]])
+        np.testing.assert_allclose(moved.covariance[0][np.ix_(v, v)],
+                                   Rv @ dist.covariance[0][np.ix_(v, v)] @ Rv.T, atol=1e-12)
+        np.testing.assert_allclose(moved.covariance[0][0, 0], dist.covariance[0][0, 0])  # theta_e: a scalar
+    assert np.allclose(d4_target_matrix("rot90", TARGETS, TARGET_KINDS)[np.ix_(e, e)], -np.eye(2))
+    # Every element: the covariance of labels moved by the augmentation's own transform.
+    samples = rng.multivariate_normal(dist.mean[0], dist.covariance[0], size=20000)
+    for element in augment.D4_ELEMENTS:
+        moved_samples = augment.transform_targets({t: samples[:, i] for i, t in enumerate(TARGETS)},
+                                                  element, TARGET_KINDS)
+        empirical = np.cov(np.stack([moved_samples[t] for t in TARGETS]))
+        P = d4_target_matrix(element, TARGETS, TARGET_KINDS)
+        expected = P @ np.cov(samples.T) @ P.T
+        np.testing.assert_allclose(empirical, expected, atol=1e-10)
+        # and the inverse element maps the prediction back
+        back = d4_target_matrix(augment.inverse(element), TARGETS, TARGET_KINDS)
+        np.testing.assert_allclose(dist.transformed(P).transformed(back).covariance, dist.covariance, atol=1e-12)
+
+
+def test_covariance_scale_recovers_a_known_inflation():
+    rng = np.random.default_rng(2)
+    n, size, true_scale = 4000, 5, 2.5
+    dist = JointGaussian.from_joint_output(random_joint(rng, n, size))
+    factor = np.linalg.cholesky(dist.covariance)
+    y = dist.mean + math.sqrt(true_scale) * np.einsum("nij,nj->ni", factor, rng.normal(size=(n, size)))
+    fit = fit_covariance_scale(y, dist)
+    assert fit["scale"] == pytest.approx(true_scale, rel=0.08)
+    assert fit["mean_d2_before"] / size == pytest.approx(true_scale, rel=0.05)
+    assert fit["joint_coverage_68_before"] < 0.5
+    assert fit["joint_coverage_68_after"] == pytest.approx(0.68, abs=0.02)
+    assert fit["joint_coverage_95_after"] == pytest.approx(0.95, abs=0.02)
+    calibrated = dist.with_scale(fit["scale"]).joint_coverage(y)
+    np.testing.assert_allclose(calibrated, [0.68, 0.95], atol=0.02)
+    # A calibrated model keeps (about) its scale.
+    assert fit_covariance_scale(dist.mean + np.einsum("nij,nj->ni", factor, rng.normal(size=(n, size))),
+                                dist)["scale"] == pytest.approx(1.0, rel=0.08)
+
+
+# --- a tiny run through train(), evaluation and export ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fullcov_run(tmp_path_factory):
+    from deeplense_tf.training import load_config, train
+
+    data = write_dataset(tmp_path_factory.mktemp("data") / "blobs", counts={"train": 48, "val": 24, "test": 16})
+    config = load_config(overrides={
+        "data.path": str(data), "data.targets": TARGETS, "model.name": "cnn",
+        "model.head": "full_covariance", "model.normalization": "none", "model.crop": None,
+        "model.options": {"width": 4, "blocks": 2, "convs_per_block": 1},
+        "training.epochs": 2, "training.batch_size": 8, "training.learning_rate": 3e-3,
+        "training.bn_recalibration_batches": 2,
+    })
+    with contextlib.redirect_stdout(io.StringIO()):
+        run = train(config, tmp_path_factory.mktemp("runs") / "fullcov", progress=False)
+    return data, run
+
+
+def test_train_calibrates_the_covariance_and_predicts_in_physical_units(fullcov_run):
+    from deeplense_tf.runs import Run
+
+    data, trained = fullcov_run
+    run = Run.load(trained.path)
+    assert run.head == "full_covariance" and run.targets == TARGETS
+    fit = run.calibration["targets"][JOINT_OUTPUT]
+    assert fit["examples"] == 24 and fit["scale"] > 0
+    offset = float(run.model.get_layer(JOINT_OUTPUT).log_variance_offset.numpy())
+    assert offset == pytest.approx(math.log(fit["scale"]), abs=1e-6)
+    from deeplense_tf.data import load_examples
+
+    examples = load_examples(data, split="test")
+    per_target = run.predict(examples.images)
+    joint = run.predict_joint(examples.images)
+    assert joint.mean.shape == (16, 5) and joint.covariance.shape == (16, 5, 5)
+    for i, t in enumerate(TARGETS):
+        np.testing.assert_allclose(per_target[t]["mean"], joint.mean[:, i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(per_target[t]["std"], joint.stds()[:, i], rtol=1e-5)
+    # Physical units: the standardised output times the train split's std.
+    raw = run.model(examples.images[:2], training=False)[JOINT_OUTPUT].numpy()
+    std = np.array([run.target_stats[t]["std"] for t in TARGETS])
+    np.testing.assert_allclose(joint.covariance[:2], JointGaussian.from_joint_output(raw).covariance
+                               * std[:, None] * std[None, :], rtol=1e-5)
