@@ -40,9 +40,11 @@ import tensorflow as tf
 
 from deeplense_tf.errors import ConfigError
 
-HEADS = ("gaussian", "student_t", "point", "softmax")  # softmax: models/classification.py
+# full_covariance: models/covariance.py (one Gaussian over all targets, built by the registry;
+# its per-target outputs are [B, 2] (mean, log-variance) views like the Gaussian head's).
+HEADS = ("gaussian", "student_t", "point", "softmax", "full_covariance")  # softmax: models/classification.py
 #: Heads whose outputs are a predictive distribution (mean, log-variance, ...).
-PROBABILISTIC_HEADS = ("gaussian", "student_t")
+PROBABILISTIC_HEADS = ("gaussian", "student_t", "full_covariance")
 POINT_LOSSES = ("mse", "huber")
 
 #: Range of the Student-t head's degrees of freedom: above 2 so the variance (the
@@ -253,14 +255,14 @@ def add_heads(features, head: str, targets, num_classes: int | None = None) -> d
     one output, `classification.add_softmax_head`.
     """
     _check_head(head)
-    outputs = {}
-    for target in targets:
     if head == "softmax":
         from deeplense_tf.models.classification import add_softmax_head
 
         return add_softmax_head(features, num_classes)
     if head == "full_covariance":  # covariance.py imports this module: the registry builds it
         raise ConfigError("the full_covariance head is one joint output: covariance.add_full_covariance_head")
+    outputs = {}
+    for target in targets:
         if head == "point":
             outputs[target] = keras.layers.Dense(1, dtype="float32", name=target)(features)
         elif head == "student_t":
@@ -280,14 +282,14 @@ def make_losses(head: str, targets, point_loss: str = "huber", huber_delta: floa
     standardised units (1.0 = one target std).
     """
     _check_head(head)
-    if head == "gaussian":
-        return {target: GaussianNLL() for target in targets}
     if head == "softmax":
         from deeplense_tf.models.classification import ClassCrossEntropy
 
         return {target: ClassCrossEntropy() for target in targets}
     if head == "full_covariance":
         raise ConfigError("the full_covariance head has one joint loss: covariance.make_losses")
+    if head == "gaussian":
+        return {target: GaussianNLL() for target in targets}
     if head == "student_t":
         return {target: StudentTNLL() for target in targets}
     if point_loss == "huber":
@@ -304,12 +306,12 @@ def make_metrics(head: str, targets) -> dict:
     in standardised units.
     """
     _check_head(head)
-    if head in PROBABILISTIC_HEADS:
-        return {
     if head == "softmax":
         from deeplense_tf.models.classification import class_accuracy
 
         return {t: [keras.metrics.MeanMetricWrapper(class_accuracy, name="accuracy")] for t in targets}
+    if head in PROBABILISTIC_HEADS:
+        return {
             t: [keras.metrics.MeanMetricWrapper(gaussian_mean_absolute_error, name="mae")]
             for t in targets
         }
@@ -317,6 +319,7 @@ def make_metrics(head: str, targets) -> dict:
 
 
 def output_width(head: str) -> int:
-    """Columns per target of a head's output: point 1, Gaussian 2, Student-t 3."""
+    """Columns per target of a head's output: point 1, Gaussian 2, Student-t 3, the
+    full-covariance head's per-target views 2."""
     _check_head(head)
-    return {"point": 1, "gaussian": 2, "student_t": 3}[head]
+    return {"point": 1, "gaussian": 2, "student_t": 3, "full_covariance": 2}[head]
