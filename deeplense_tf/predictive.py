@@ -12,20 +12,25 @@ plus its shape:
 - `student_t`: Student's t with `df` > 2 degrees of freedom, located at `mean`, with
   scale `std * sqrt((df - 2) / df)` so that its standard deviation is `std`.
 
-Test-time augmentation (eight D4 views) and nothing else makes a *mixture*: the
-deployed prediction of an image is the equal-weight mixture of the eight views'
-distributions. `Predictive` holds K components per example (`K = 1` without TTA),
-arrays `[K, N]`, and answers what evaluation, calibration and population inference
-need from the actual distribution, not from a Gaussian fitted to its moments:
+Test-time augmentation (eight D4 views) and deep ensembles make *mixtures*: the
+deployed prediction of an image is the equal-weight mixture of the eight views' (or the
+M members', or under TTA the 8 x M) distributions. `Predictive` holds K components per
+example (`K = 1` for one model without TTA), arrays `[K, N]`, and answers what
+evaluation, calibration and population inference need from the actual distribution,
+not from a Gaussian fitted to its moments:
 
 - `cdf(y)` and `pit(y)` (probability integral transform). The central interval of
   level p holds y exactly when `|2 F(y) - 1| <= p`, so `central_coverage` needs no
   quantiles and is exact for mixtures.
 - `logpdf(y)`, `log_density_grid(grid)` (population inference), `interval(level)`
   (bisection on the mixture's CDF), `moments()` (mixture mean and total std).
-- `with_scale(s)`: every component's std times `s` — what post-hoc calibration does to
-  the deployed model (the output layer's `log_variance_offset`), so the calibration fit
-  and the deployed prediction are the same distribution, with or without TTA.
+- `with_scale(s)`: what post-hoc calibration does to the deployed model (the output
+  layer's `log_variance_offset`), so the calibration fit and the deployed prediction are
+  the same distribution, with or without TTA: every component's std times `s`. An
+  ensemble's calibration scales its members' mixture as a whole (the mixture layer's
+  offset multiplies the total variance), so its components come in groups
+  (`group_size` = M consecutive components per model evaluation, one group per TTA
+  view) that are stretched by `s` about the group's mean.
 
 Units are the target's (physical or standardised: every method is equivariant).
 Components whose mean is NaN (a TTA view that cannot be mapped back) carry no weight.
@@ -61,11 +66,13 @@ class Predictive:
         mean: `[K, N]` component means.
         std: `[K, N]` component standard deviations (> 0).
         df: `[K, N]` Student-t degrees of freedom (> 2), or None for Gaussian components.
+        group_size: components per calibration group (`with_scale`); K is a multiple of it.
     """
 
     mean: np.ndarray
     std: np.ndarray
     df: np.ndarray | None = None
+    group_size: int = 1
 
     def __post_init__(self):
         mean = _as_components(self.mean, "mean")
@@ -79,6 +86,8 @@ class Predictive:
             if np.any(df[np.isfinite(mean)] <= 2.0):
                 raise ValueError("Student-t components need df > 2 (a finite standard deviation)")
             object.__setattr__(self, "df", df)
+        if self.group_size < 1 or mean.shape[0] % self.group_size:
+            raise ValueError(f"{mean.shape[0]} components do not split into groups of {self.group_size}")
 
     # --- construction ---------------------------------------------------------------
 
@@ -86,14 +95,14 @@ class Predictive:
     def from_prediction(cls, prediction: dict) -> Predictive:
         """From one target of `Run.predict`'s output.
 
-        Uses `components` (`{"mean", "std", "df"?}`, each `[K, N]`) when present (TTA),
-        else `mean`, `std` and `df` (each `[N]`). ValueError when there is no std (a
-        point head has no distribution).
+        Uses `components` (`{"mean", "std", "df"?, "group_size"?}`, arrays `[K, N]`) when
+        present (TTA, ensembles), else `mean`, `std` and `df` (each `[N]`). ValueError
+        when there is no std (a point head has no distribution).
         """
         source = prediction.get("components") or prediction
         if source.get("std") is None:
             raise ValueError("a point prediction has no predictive distribution (no std)")
-        return cls(source["mean"], source["std"], source.get("df"))
+        return cls(source["mean"], source["std"], source.get("df"), int(source.get("group_size", 1)))
 
     @property
     def family(self) -> str:
@@ -109,11 +118,23 @@ class Predictive:
     def subset(self, index) -> Predictive:
         """The examples selected by `index` (a boolean mask or integer indices over N)."""
         df = None if self.df is None else self.df[:, index]
-        return Predictive(self.mean[:, index], self.std[:, index], df)
+        return Predictive(self.mean[:, index], self.std[:, index], df, self.group_size)
 
     def with_scale(self, scale) -> Predictive:
-        """Every component's std multiplied by `scale` (a scalar or `[N]`)."""
-        return Predictive(self.mean, self.std * np.asarray(scale, np.float64), self.df)
+        """Every component's std multiplied by `scale` (a scalar or `[N]`); with groups,
+        their means moved `scale` times as far from their group's mean too (so each
+        group's mixture is stretched by `scale` and its variance multiplied by scale²)."""
+        scale = np.asarray(scale, np.float64)
+        mean = self.mean
+        if self.group_size > 1:
+            k, n = mean.shape
+            grouped = mean.reshape(k // self.group_size, self.group_size, n)
+            finite = np.isfinite(grouped)
+            # A group that is all NaN (a TTA view that cannot be mapped back) stays NaN.
+            centre = (np.where(finite, grouped, 0.0).sum(axis=1, keepdims=True)
+                      / np.maximum(finite.sum(axis=1, keepdims=True), 1))
+            mean = (centre + scale * (grouped - centre)).reshape(k, n)
+        return Predictive(mean, self.std * scale, self.df, self.group_size)
 
     # --- maths ----------------------------------------------------------------------
 

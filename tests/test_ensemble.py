@@ -45,7 +45,7 @@ def make_run(path, data_dir, *, head="gaussian", seed=0, targets=TARGETS, stats=
                         width=4, blocks=1, convs_per_block=1)
     # Spread the random outputs: a large head bias for the log-variance would be dull.
     for t in targets:
-        layer = model.get_layer(f"head_{t}" if head == "gaussian" else t)
+        layer = model.get_layer(t if head == "point" else f"head_{t}")
         kernel, bias = layer.get_weights()
         layer.set_weights([kernel * 3.0, bias + np.linspace(-0.5, 0.5, bias.size)])
     model.save(path / "model.keras")
@@ -229,6 +229,91 @@ def test_ensemble_is_evaluated_and_exported_like_any_run(tmp_path, members, data
     assert (Path(written["version_dir"]) / "saved_model.pb").is_file()
     report = json.loads(Path(written["report"]).read_text())
     assert "ensemble" in json.dumps(report)
+
+
+@pytest.fixture(scope="module")
+def t_members(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("t-members")
+    return [make_run(root / "t0", data_dir, seed=0, head="student_t"),
+            make_run(root / "t1", data_dir, seed=1, head="student_t"),
+            make_run(root / "g2", data_dir, seed=2)]
+
+
+def test_student_t_members_keep_their_tails(tmp_path, t_members, images):
+    """The ensemble's predictive is the mixture of its members' t distributions (a Gaussian
+    member as a t of GAUSSIAN_DF), whose moments are the model's mean and std."""
+    from deeplense_tf.models.ensemble import GAUSSIAN_DF
+    from deeplense_tf.predictive import Predictive
+
+    run = ensemble_runs(t_members, tmp_path / "ens", calibrate=False)
+    members = [Run.load(m).predict(images) for m in t_members]
+    predicted = run.predict(images)
+    for t in TARGETS:
+        components = predicted[t]["components"]
+        assert components["group_size"] == 3 and components["mean"].shape == (3, len(images))
+        np.testing.assert_allclose(components["mean"], np.stack([m[t]["mean"] for m in members]), rtol=1e-5)
+        np.testing.assert_allclose(components["std"], np.stack([m[t]["std"] for m in members]), rtol=1e-5)
+        np.testing.assert_allclose(components["df"][:2], np.stack([m[t]["df"] for m in members[:2]]), rtol=1e-6)
+        assert (components["df"][2] == GAUSSIAN_DF).all()
+        mixture = Predictive.from_prediction(predicted[t])
+        mean, std = mixture.moments()
+        np.testing.assert_allclose(mean, predicted[t]["mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std, predicted[t]["std"], rtol=1e-4)
+        # Heavier tails than the Gaussian of the same moments: more mass beyond 4 stds.
+        far = predicted[t]["mean"] + 4.0 * predicted[t]["std"]
+        assert np.all(1.0 - mixture.cdf(far) > 1.0 - Predictive(mean, std).cdf(far))
+
+    # Under TTA: 8 views x 3 members, groups of 3, still the moments the run reports.
+    tta = run.predict(images, tta=True)[TARGETS[0]]
+    assert tta["components"]["mean"].shape == (24, len(images)) and tta["components"]["group_size"] == 3
+    mean, std = Predictive.from_prediction(tta).moments()
+    np.testing.assert_allclose(mean, tta["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, tta["std"], rtol=1e-4)
+
+
+def test_a_point_member_leaves_the_moments_only(tmp_path, members, images):
+    run = ensemble_runs(members, tmp_path / "ens", calibrate=False)
+    assert "components" not in run.predict(images)[TARGETS[0]]
+
+
+def test_the_calibration_stretches_the_members_mixture(tmp_path, t_members, images):
+    """Calibrating an ensemble fits its mixture and stretches it about its mean (the layer's
+    offset scales the total variance): the components follow, the moments stay the model's."""
+    from deeplense_tf.predictive import Predictive
+
+    plain = ensemble_runs(t_members, tmp_path / "plain", calibrate=False).predict(images)
+    run = ensemble_runs(t_members, tmp_path / "calibrated")
+    fits = json.loads((tmp_path / "calibrated" / "metrics.json").read_text())["variance_calibration"]["targets"]
+    calibrated = run.predict(images)
+    for t in TARGETS:
+        scale = fits[t]["scale"]
+        assert fits[t]["family"] == "student_t" and fits[t]["components"] == 3 and scale != 1.0
+        before, after = plain[t]["components"], calibrated[t]["components"]
+        centre = plain[t]["mean"]
+        np.testing.assert_allclose(after["mean"] - centre, scale * (before["mean"] - centre), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(after["std"], scale * before["std"], rtol=1e-4)
+        mean, std = Predictive.from_prediction(calibrated[t]).moments()
+        np.testing.assert_allclose(std, calibrated[t]["std"], rtol=1e-4)
+        # What the fit scored is what the run now predicts.
+        stretched = Predictive.from_prediction(plain[t]).with_scale(scale)
+        np.testing.assert_allclose(stretched.mean, after["mean"], rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_scores_the_members_mixture(tmp_path, t_members):
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.evaluate_cli import evaluate_command
+    from deeplense_tf.predictive import Predictive
+
+    out = tmp_path / "ens"
+    run = ensemble_runs(t_members, out, calibrate=False)
+    metrics = evaluate_command(out, verbose=False)
+    assert metrics["distribution"][TARGETS[0]] == {"family": "student_t", "components": 3}
+    test = load_examples(str(run.data_path(None)), split="test")
+    t = TARGETS[0]
+    mixture = Predictive.from_prediction(run.predict(test.images)[t])
+    overall = metrics["targets"][t]["overall"]
+    assert overall["nll"] == pytest.approx(mixture.nll(test.targets[t]), rel=1e-5)
+    assert overall["nll"] != pytest.approx(Predictive(*mixture.moments()).nll(test.targets[t]), rel=1e-3)
 
 
 def test_runs_that_do_not_fit_together(tmp_path, members, data_dir):

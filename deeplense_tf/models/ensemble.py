@@ -12,17 +12,29 @@ re-standardised with the output statistics (in `deeplense_tf.training.ensemble`,
 first member's). The layer lives here, with the other layers a saved model is made
 of, so loading an ensemble run (`deeplense_tf.runs.Run.load`) needs only `models/`;
 making an ensemble run folder from finished runs is `training/ensemble.py`.
+
+Those two moments are what an exported ensemble serves. The ensemble's predictive
+*distribution* is the mixture itself: with Student-t members a Gaussian of the same
+moments has tails that are too light. `mixture_components` gives the members'
+distributions in physical units (`Run.predict` returns them as `components`, which
+evaluation's coverage and the calibration score through `deeplense_tf.predictive`),
+stretched about the mixture's mean by the calibration scale in the layer, so that their
+mixture has exactly the layer's mean and variance.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from deeplense_tf.errors import RunError
 from deeplense_tf.models.heads import LogVarianceOffsetLayer
 
 _MIN_VARIANCE = 1e-12
+#: Degrees of freedom that stand for a Gaussian member in a mixture with Student-t ones:
+#: such a t differs from the Gaussian by under 1e-5 of the density within 5 stds.
+GAUSSIAN_DF = 1e6
 
 
 @keras.saving.register_keras_serializable(package="deeplense")
@@ -121,3 +133,69 @@ def build_ensemble_model(members, targets, output_stats) -> keras.Model:
             name=name,
         )(per_target[name])
     return keras.Model(inputs=image, outputs=outputs, name="ensemble")
+
+
+def member_models(model) -> list[keras.Model]:
+    """The member models of an ensemble model (`member_0`, `member_1`, ... in order); [] for
+    any other model."""
+    members = {layer.name: layer for layer in model.layers
+               if isinstance(layer, keras.Model) and layer.name.startswith("member_")}
+    return [members[f"member_{i}"] for i in range(len(members)) if f"member_{i}" in members]
+
+
+def members_forward(model):
+    """`images [B, H, W, C] -> [{target: raw output [B, width]}, ...]`, one dict per member
+    (each in its own standardised units), or None when `model` is no ensemble."""
+    members = member_models(model)
+    if not members:
+        return None
+    import tensorflow as tf
+
+    names = [list(member.output_names) for member in members]
+
+    @tf.function
+    def forward(images):
+        outputs = []
+        for member in members:
+            out = member(images, training=False)
+            outputs.append(out if isinstance(out, (list, tuple)) else [out])
+        return outputs
+
+    def run(images):
+        return [{name: np.asarray(o, np.float64) for name, o in zip(member_names, out)}
+                for member_names, out in zip(names, forward(images))]
+
+    return run
+
+
+def mixture_components(model, member_outputs, targets) -> dict:
+    """The ensemble's members' predictive distributions in physical units.
+
+    Args:
+        model: the ensemble model (its `GaussianMixtureCombine` layers, named by target).
+        member_outputs: `[{target: raw [N, width]}]` per member (`members_forward`).
+        targets: the targets to return.
+
+    Returns `{target: {"mean", "std"[, "df"], "group_size"}}`, arrays `[M, N]`
+    (`deeplense_tf.predictive.Predictive.from_prediction`'s `components`): each member's
+    mean and std, both stretched about the mixture mean by the layer's calibration scale
+    (so the mixture's mean and variance are the layer's output), and the Student-t
+    members' df (`GAUSSIAN_DF` for Gaussian members beside them; no df when all are
+    Gaussian). A target with a point member is left out: a point estimate is no
+    distribution to mix.
+    """
+    out = {}
+    for target in targets:
+        layer = model.get_layer(target)
+        raw = [outputs[target] for outputs in member_outputs]
+        if any(r.shape[-1] < 2 for r in raw):
+            continue
+        means = np.stack([r[:, 0] * s + m for r, m, s in zip(raw, layer.member_means, layer.member_stds)])
+        stds = np.stack([np.exp(0.5 * r[:, 1]) * s for r, s in zip(raw, layer.member_stds)])
+        scale = float(np.exp(0.5 * float(layer.log_variance_offset.numpy())))
+        centre = means.mean(axis=0, keepdims=True)
+        entry = {"mean": centre + scale * (means - centre), "std": scale * stds, "group_size": len(raw)}
+        if any(r.shape[-1] >= 3 for r in raw):
+            entry["df"] = np.stack([r[:, 2] if r.shape[-1] >= 3 else np.full(len(r), GAUSSIAN_DF) for r in raw])
+        out[target] = entry
+    return out

@@ -266,11 +266,14 @@ class Run:
             `{target: {"mean": float64 [N], "std": float64 [N] or None (point head)}}`,
             plus `"df"` [N] for the Student-t head, and with `tta` for a probabilistic
             head `"components": {"mean", "std"[, "df"]}`, each `[8, N]` (NaN where a
-            view cannot be mapped back).
+            view cannot be mapped back). An ensemble of probabilistic members gives its
+            members' mixture as `components` (`[M, N]`, `[8 M, N]` with `tta`, and
+            `"group_size"`: M).
         """
         images = self._check_images(images)
         if not tta:
-            return self._to_physical(self.predict_standardised(images, batch_size))
+            return self._with_member_components(
+                self._to_physical(self.predict_standardised(images, batch_size)), images, batch_size, False)
 
         from deeplense_tf.data import augment
 
@@ -308,6 +311,43 @@ class Run:
                 out[t]["components"] = {"mean": stacked, "std": np.sqrt(component_var)}
             if self.head == "student_t":
                 out[t]["components"]["df"] = np.stack([d[t] for d in dfs])
+        return self._with_member_components(out, images, batch_size, True)
+
+    def _with_member_components(self, out: dict, images, batch_size: int, tta: bool) -> dict:
+        """`out` with an ensemble's members' mixture as each target's `components`
+        (`deeplense_tf.models.ensemble.mixture_components`: `[M, N]`, under TTA `[8 M, N]`
+        in groups of M per view), the distribution its coverage and calibration score; the
+        moments in `out` stay the model's. Other runs: `out` as it is."""
+        from deeplense_tf.models.ensemble import members_forward, mixture_components
+
+        if not self.info.get("members"):
+            return out
+        if getattr(self, "_members_fn", None) is None:
+            self._members_fn = members_forward(self.model)
+        if self._members_fn is None:
+            return out
+        from deeplense_tf.data import augment
+
+        kinds = (self.manifest or {}).get("target_kinds") or {}
+        views = []
+        for name in augment.D4_ELEMENTS if tta else ("identity",):
+            x = augment.transform_image(images, name) if tta else images
+            chunks = [self._members_fn(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+            raw = [{t: np.concatenate([c[i][t] for c in chunks]) for t in self.targets}
+                   for i in range(len(chunks[0]))] if chunks else []
+            components = mixture_components(self.model, raw, self.targets) if raw else {}
+            if sorted(components) != sorted(self.targets):
+                return out  # a point member: no mixture of distributions
+            if tta:  # back to the original frame, as the views' moments above
+                for key in [k for k in ("mean", "std", "df") if k in components[self.targets[0]]]:
+                    mapped = _back_to_original_frame(components, key, name, kinds, self.targets)
+                    for t in self.targets:
+                        components[t][key] = mapped[t] if key == "mean" else np.abs(mapped[t])
+            views.append(components)
+        for t in self.targets:
+            out[t]["components"] = {key: np.concatenate([v[t][key] for v in views])
+                                    for key in ("mean", "std", "df") if key in views[0][t]}
+            out[t]["components"]["group_size"] = views[0][t]["group_size"]
         return out
 
     def predict_joint(self, images, batch_size: int = 256, tta: bool = False):

@@ -14,7 +14,11 @@ its own error, and the spread of the means comes on top), so `ensemble_runs` cal
 the ensemble's stds once more on the validation split of the first member's data
 (`deeplense_tf.training.calibrate`) when that data is at hand. The result is an
 ordinary Gaussian-head run: `Run.load`, `evaluate`, `export` and `cluster` treat it
-like any other. An ensemble has no single `embedding` layer: cluster one of its
+like any other. Its model outputs the mixture's mean and std (what an export serves);
+when every member is probabilistic `Run.predict` also returns the mixture itself as
+`components` (`deeplense_tf.models.ensemble.mixture_components`), so Student-t members
+keep their tails in evaluation's coverage and in this calibration, which stretches the
+whole mixture about its mean. An ensemble has no single `embedding` layer: cluster one of its
 members' runs instead.
 
     from deeplense_tf.training.ensemble import ensemble_runs
