@@ -213,3 +213,28 @@ def test_train_calibrates_the_covariance_and_predicts_in_physical_units(fullcov_
     std = np.array([run.target_stats[t]["std"] for t in TARGETS])
     np.testing.assert_allclose(joint.covariance[:2], JointGaussian.from_joint_output(raw).covariance
                                * std[:, None] * std[None, :], rtol=1e-5)
+
+
+def test_export_names_the_joint_outputs_and_matches_keras(fullcov_run, tmp_path):
+    import json
+
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.export import exporter, savedmodel, tflite
+
+    data, trained = fullcov_run
+    with contextlib.redirect_stdout(io.StringIO()):
+        paths = exporter.export_run(trained.path, tmp_path, tflite="fp32", progress=False, check_count=8)
+    report = json.loads(paths["report"].read_text())
+    outputs = report["signatures"]["serving_default"]["outputs"]
+    assert outputs["covariance"] == [-1, 5, 5] and outputs["correlation"] == [-1, 5, 5]
+    assert outputs["lens_e1_std"] == [-1]
+    # The export's own parity check compared these outputs too; check them once more here.
+    images = load_examples(data, split="test").images[:4]
+    loaded = tf.saved_model.load(str(paths["saved_model"]))
+    served = savedmodel.run_signature(loaded.signatures["serving_default"], images)
+    joint = trained.predict_joint(images)
+    np.testing.assert_allclose(served["covariance"], joint.covariance, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(served["correlation"], joint.correlation(), atol=1e-5)
+    np.testing.assert_allclose(served["lens_e2_std"], joint.stds()[:, TARGETS.index("lens_e2")], rtol=1e-5)
+    lite = tflite.run_tflite(paths["tflite_fp32"], images)
+    np.testing.assert_allclose(lite["covariance"], joint.covariance, rtol=1e-3, atol=1e-7)

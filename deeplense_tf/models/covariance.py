@@ -219,6 +219,35 @@ def make_metrics(targets) -> dict:
     return {t: [keras.metrics.MeanMetricWrapper(gaussian_mean_absolute_error, name="mae")] for t in targets}
 
 
+#: Names of the exported joint outputs (`[B, T, T]`, rows and columns in target order).
+COVARIANCE_OUTPUT = "covariance"
+CORRELATION_OUTPUT = "correlation"
+
+
+def physical_joint_outputs(joint, target_std) -> dict:
+    """The joint output `[B, T, T+1]` (standardised) -> `{COVARIANCE_OUTPUT: [B, T, T]}` in
+    physical units (`S Σ S`, S the targets' train-split stds `[T]`) and
+    `{CORRELATION_OUTPUT: [B, T, T]}` (unit-free); TensorFlow, for exported graphs."""
+    joint = tf.cast(joint, tf.float32)
+    factor = joint[:, :, 1:]
+    standardised = tf.matmul(factor, factor, transpose_b=True)
+    std = tf.constant(np.asarray(target_std, np.float32))
+    # Σ_ii is row i of L squared and summed (no matrix_diag_part: not a TFLite builtin).
+    inverse = tf.math.rsqrt(tf.reduce_sum(tf.square(factor), axis=-1))
+    return {
+        COVARIANCE_OUTPUT: standardised * std[:, None] * std[None, :],
+        CORRELATION_OUTPUT: standardised * inverse[:, :, None] * inverse[:, None, :],
+    }
+
+
+def physical_joint_outputs_np(joint, target_std) -> dict:
+    """NumPy (float64) twin of `physical_joint_outputs`."""
+    dist = JointGaussian.from_joint_output(joint)
+    std = np.asarray(target_std, np.float64)
+    return {COVARIANCE_OUTPUT: dist.covariance * std[:, None] * std[None, :],
+            CORRELATION_OUTPUT: dist.correlation()}
+
+
 # --- NumPy: the joint predictive distribution ------------------------------------------------
 
 
