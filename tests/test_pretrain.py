@@ -190,6 +190,25 @@ def test_pretrain_config_defaults_and_file(tmp_path):
         load_pretrain_config(path)
 
 
+def test_committed_pretrain_config_fits_the_benchmark_regressor():
+    from pathlib import Path
+
+    from deeplense_tf.training.config import load_config
+    from deeplense_tf.training.pretrain import load_pretrain_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    config = load_pretrain_config(configs / "pretrain-model2.yaml")
+    assert config["pretrain"]["views"]["d4"] and config["training"]["time_budget_minutes"] == 45
+    # Same model section as the regressor it is compared with and can initialise.
+    regressor = load_config(configs / "benchmark-model2-resnet.yaml")
+    assert config["model"] == regressor["model"]
+    header = (configs / "pretrain-model2.yaml").read_text()
+    for command in ("deeplense pretrain --config configs/pretrain-model2.yaml",
+                    "deeplense cluster --run runs/pretrain-model2",
+                    "--set training.init_from=runs/pretrain-model2"):
+        assert command in header
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 
@@ -243,6 +262,11 @@ def test_pretrain_writes_an_encoder_run(pretrained):
     assert run.embedding_model().output.shape[-1] == metrics["pretrain"]["embedding_dim"]
     with pytest.raises(RunError, match="self-supervised encoder .* predicts no targets"):
         run.predict(np.zeros((2, 16, 16, 1), np.float32))
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.runs.run import check_examples_fit
+
+    with pytest.raises(RunError, match="self-supervised encoder"):  # what evaluate checks first
+        check_examples_fit(run, load_examples(run.data_path(), "test"))
 
 
 def test_cluster_reads_the_encoder_run(pretrained, data_dir, tmp_path):
