@@ -214,11 +214,7 @@ class Run:
     def predict_standardised(self, images, batch_size: int = 256) -> dict:
         """Raw model outputs `{target: [N, 1 or 2]}` (standardised units), batched."""
         if self.head == ENCODER_HEAD:
-            raise RunError(
-                f"{self.path or 'this run'}: is a self-supervised encoder (deeplense pretrain) "
-                "and predicts no targets; cluster its features (deeplense cluster) or fine-tune "
-                "it (deeplense train --init-from RUN)"
-            )
+            raise encoder_has_no_targets(self)
         images = self._check_images(images)
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -475,12 +471,24 @@ def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, tar
     return {t: mapped[t] for t in targets}
 
 
+def encoder_has_no_targets(run) -> RunError:
+    """The error for predicting or evaluating with a pretrained encoder (no targets)."""
+    return RunError(
+        f"{getattr(run, 'path', None) or 'this run'}: is a self-supervised encoder (deeplense "
+        "pretrain) and predicts no targets; cluster its features (deeplense cluster) or "
+        "fine-tune it (deeplense train --init-from RUN)"
+    )
+
+
 def check_examples_fit(run, examples) -> None:
-    """DataError naming the data set when its images or targets do not fit `run`.
+    """DataError naming the data set when its images or targets do not fit `run`
+    (RunError for a pretrained encoder, which has no targets).
 
     `run` needs `input_shape` and `targets` (a `Run`, or anything shaped like one);
     `examples` is a `deeplense_tf.data.Examples`.
     """
+    if getattr(run, "head", None) == ENCODER_HEAD:
+        raise encoder_has_no_targets(run)
     images = examples.images
     expected = tuple(int(d) for d in run.input_shape)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
