@@ -255,6 +255,9 @@ def load_json_object(body: bytes) -> dict:
 # simdjson (the `serving` extra; it also rejects anything that is not valid JSON), else
 # by numpy's text reader. simdjson reads no NaN / Infinity, numpy does; either way a
 # body it cannot read exactly goes to the JSON path, which gives TF Serving's messages.
+# Before all that, json_numbers' compiled reader does the check and the reading in one
+# pass (half the CPU time of the simdjson path, without the GIL); what it does not take
+# (NaN, Infinity, empty or ragged lists, invalid JSON) goes on to the paths above.
 _FAST_HEAD = re.compile(
     rb'\s*\{\s*(?:"signature_name"\s*:\s*"(?P<sig>[A-Za-z0-9_./-]*)"\s*,\s*)?'
     rb'"(?P<key>instances|inputs)"\s*:\s*(?=\[)')
@@ -316,11 +319,21 @@ def _regular_shape(structure: bytes) -> tuple[int, ...] | None:
 
 def _fast_numeric(body: bytes) -> tuple[str, str, np.ndarray] | None:
     """(signature, key, float64 array) for a plain numeric body, None to take the JSON path."""
-    if _simdjson is None:
-        return _fast_numeric_numpy(body)
     head = _FAST_HEAD.match(body)
     if head is None:
         return None
+    # Imported here: numba takes ~0.2 s to import, which clients of this module never need.
+    from deeplense_tf.serving import json_numbers
+
+    read = json_numbers.read_numeric_list(body, head.end())
+    if read is not None:
+        end, numbers = read
+        tail = _FAST_TAIL.match(body, end - 1)  # from the list's closing bracket
+        if tail is not None and not (head["sig"] is not None and tail["sig"] is not None):
+            signature = (head["sig"] or tail["sig"] or b"").decode()
+            return signature, head["key"].decode(), numbers
+    if _simdjson is None:
+        return _fast_numeric_numpy(body)
     tail_from = max(head.end(), len(body) - 256)
     tail = _FAST_TAIL.search(body, tail_from)
     if tail is None or (head["sig"] is not None and tail["sig"] is not None):

@@ -14,6 +14,7 @@ import re
 import time
 from urllib.parse import unquote
 
+from deeplense_tf.serving import json_numbers
 from deeplense_tf.serving.examples_json import (
     encode_classify_results,
     encode_regress_results,
@@ -58,6 +59,9 @@ class RestApi:
     def __init__(self, store: ModelStore, prometheus_path: str | None = None):
         self.store = store
         self.prometheus_path = prometheus_path
+        # Compiling the JSON number reader (or loading it from numba's cache) takes 1-10 s:
+        # here, not in the first client's request.
+        json_numbers.warm_up()
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         """Answers one request: (HTTP status, body). Never raises."""

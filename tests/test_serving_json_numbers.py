@@ -1,0 +1,76 @@
+"""The compiled JSON number reader (deeplense_tf/serving/json_numbers.py): exact, strict, regular."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deeplense_tf.serving import json_numbers
+from deeplense_tf.serving.json_tensors import parse_predict_body
+
+pytestmark = pytest.mark.skipif(not json_numbers.available(), reason="numba is not installed")
+
+
+def _read(text: bytes):
+    return json_numbers.read_numeric_list(text, text.index(b"["))
+
+
+def test_reads_every_number_as_python_float_does():
+    rng = np.random.default_rng(0)
+    # float32 bit patterns over the whole range (denormals, 1e38) written three ways:
+    # shortest (orjson-like repr), 17 digits, and with exponents far beyond 10^22.
+    bits = rng.integers(0, 2**32, size=20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = bits[np.isfinite(bits)].astype(np.float64)
+    tokens = [repr(v) for v in values.tolist()] + [f"{v:.17g}" for v in values[:2000].tolist()] + [
+        "0", "-0", "-0.0", "1e400", "-1e400", "1e-400", "123456789012345678901234567890",
+        "0.000000000000000000000000000001234", "9007199254740993", "1.7976931348623157e308",
+        "4.9e-324", "2.2250738585072014E-308", "1E+2", "1e-0"]
+    text = ("[" + ", ".join(tokens) + "]").encode()
+    end, got = _read(text)
+    assert end == len(text)
+    want = np.array([float(t) for t in tokens])
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))  # bit for bit, -0.0 too
+
+
+def test_float32_inputs_round_trip_exactly_from_shortest_text():
+    x = np.random.default_rng(1).gamma(0.5, 1.0, size=(4, 8, 8, 1)).astype(np.float32)
+    text = json.dumps(x.tolist()).encode()
+    end, got = _read(text)
+    assert got.shape == x.shape and np.array_equal(got.astype(np.float32), x)
+    # what TF Serving does (a double, then cast) is what the JSON module gives
+    assert np.array_equal(got, np.array(json.loads(text)))
+
+
+@pytest.mark.parametrize("text", [
+    b"[[1],[2,3]]", b"[[1,2],[3]]", b"[1,[2]]", b"[[1],2]", b"[]", b"[[]]", b"[1,]", b"[,1]",
+    b"[01]", b"[1.]", b"[.5]", b"[-]", b"[1e]", b"[1e+]", b"[+1]", b"[NaN]", b"[Infinity]",
+    b"[true]", b'["1"]', b"[1 2]", b"[1,2", b"[0x10]", b"[1__0]", b"[[[[1]]]" ,
+    b"[" * 40 + b"1" + b"]" * 40,
+])
+def test_refuses_what_is_not_a_regular_list_of_json_numbers(text):
+    assert _read(text) is None
+
+
+def test_whitespace_and_shape():
+    end, got = _read(b' [ [ 1 , 2.5 ] ,\n\t[ -3e0 , 4 ] ]  }')
+    assert got.tolist() == [[1.0, 2.5], [-3.0, 4.0]] and end == 32
+
+
+def test_bodies_it_refuses_still_parse_on_the_json_paths():
+    # NaN is read by the older paths (TF Serving accepts NaN / Infinity in requests).
+    request = parse_predict_body(b'{"instances": [[NaN, 1.5], [Infinity, -2]]}')
+    key, arr = request.numeric
+    assert key == "instances" and np.isnan(arr[0, 0]) and arr[1, 0] == np.inf and arr[1, 1] == -2.0
+    # a ragged list is left to the JSON path (which explains it); the reader did not take it
+    assert parse_predict_body(b'{"instances": [[1], [2, 3]]}').numeric is None
+
+
+def test_signature_name_before_or_after_and_trailing_text():
+    request = parse_predict_body(b'{"instances": [[1, 2]], "signature_name": "sig"}')
+    assert request.signature_name == "sig" and request.numeric[1].tolist() == [[1.0, 2.0]]
+    request = parse_predict_body(b'{"signature_name": "s2", "inputs": [3]}')
+    assert request.signature_name == "s2" and request.numeric == ("inputs", request.numeric[1])
+    # something after the list other than the signature name: not the fast path
+    assert parse_predict_body(b'{"instances": [1], "x": 2}').numeric is None
