@@ -189,3 +189,181 @@ def test_run_predict_gives_calibrated_probabilities(trained, class_data):
                                atol=1e-5)
     tta = run.predict(examples.images, tta=True)[CLASS_TARGET]
     np.testing.assert_allclose(tta["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+
+def test_metrics_on_known_inputs():
+    names = ("no_sub", "cdm", "axion")
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.array([
+        [0.9, 0.05, 0.05],   # right, confidence 0.9
+        [0.3, 0.6, 0.1],     # wrong (cdm), confidence 0.6
+        [0.2, 0.7, 0.1],     # right, 0.7
+        [0.1, 0.8, 0.1],     # right, 0.8
+        [0.05, 0.05, 0.9],   # right, 0.9
+        [0.5, 0.1, 0.4],     # wrong (no_sub), 0.5
+    ])
+    from deeplense_tf.evaluation.classification import classification_metrics
+
+    m = classification_metrics(labels, probabilities, names, bins=10)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # per class (precision, recall): no_sub (1/2, 1/2), cdm (2/3, 1), axion (1, 1/2)
+    f1 = [0.5, 2 * (2 / 3) / (2 / 3 + 1), 2 * 0.5 / 1.5]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    # no_sub's scores: positives 0.9, 0.3 against 0.2, 0.1, 0.05, 0.5: 0.9 wins all four
+    # pairs, 0.3 three (it loses to 0.5): 7 of 8.
+    assert m["per_class"]["no_sub"]["auroc"] == pytest.approx(7 / 8)
+    # cdm: 0.7, 0.8 above 0.05, 0.6, 0.05, 0.1; axion: 0.9, 0.4 above 0.05, 0.1, 0.1, 0.1.
+    assert m["per_class"]["cdm"]["auroc"] == pytest.approx(1.0)
+    assert m["per_class"]["axion"]["auroc"] == pytest.approx(1.0)
+    assert m["auroc_ovr_macro"] == pytest.approx((7 / 8 + 2) / 3)
+    # A tie counts half: equal scores for a positive and a negative give 0.5.
+    from deeplense_tf.evaluation.classification import one_vs_rest_auroc
+
+    assert one_vs_rest_auroc([0.3, 0.3], [True, False]) == pytest.approx(0.5)
+    # ECE over 10 bins: 0.5 -> wrong (|0 - 0.5|), 0.6 -> wrong (0.6), 0.7 right (0.3),
+    # 0.8 right (0.2), two at 0.9 both right (0.1 each).
+    assert m["ece"] == pytest.approx((0.5 + 0.6 + 0.3 + 0.2 + 0.1 + 0.1) / 6)
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.3, 0.7, 0.8, 0.9, 0.4])))
+    counts = [b["count"] for b in m["reliability"]["bins"]]
+    assert counts == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2]
+
+
+def test_auroc_of_an_absent_class_is_none():
+    from deeplense_tf.evaluation.classification import classification_metrics
+
+    m = classification_metrics([0, 1, 0], [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]],
+                               ("a", "b", "c"))
+    assert m["per_class"]["c"]["auroc"] is None and m["auroc_ovr_macro"] == pytest.approx(1.0)
+    assert m["macro_f1"] == pytest.approx(1.0)  # the absent class is left out of the mean
+
+
+def test_evaluate_command_reports_a_classifier(trained, tmp_path, capsys):
+    from deeplense_tf.cli import main
+
+    assert main(["evaluate", "--run", str(trained["out"]), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "macro-F1" in printed and "confusion matrix" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    result = metrics["classification"]
+    assert metrics["classes"] == list(CLASS_NAMES) and result["count"] == 24
+    assert result["accuracy"] >= 0.9 and result["auroc_ovr_macro"] >= 0.9
+    assert sum(map(sum, result["confusion_matrix"])) == 24
+    assert 0.0 <= result["ece"] <= 1.0
+    for name in ("plots/reliability.png", "plots/confusion.png", "predictions.csv"):
+        assert (tmp_path / "eval" / name).is_file()
+    header = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()[0]
+    assert header == "true,predicted,p_no_sub,p_cdm,p_axion"
+
+
+# --- export and serving -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from deeplense_tf.export import exporter
+
+    out = tmp_path_factory.mktemp("serving")
+    paths = exporter.export_run(trained["out"], out, tflite="fp32,int8", progress=False)
+    return {"out": out, "paths": paths, "report": json.loads(paths["report"].read_text())}
+
+
+def test_export_outputs_probabilities_with_class_names(exported, trained, class_data):
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.export.tflite import run_tflite
+
+    report = exported["report"]
+    assert report["head"] == "softmax" and report["class_names"] == list(CLASS_NAMES)
+    outputs = report["signatures"]["serving_default"]["outputs"]
+    assert list(outputs) == ["class_probabilities"]
+    # The parity checks ran on the probabilities: SavedModel and fp32 within tolerance.
+    saved = report["checks"]["saved_model"]
+    assert max(saved["max_scaled_diff"].values()) <= 1e-5
+    assert report["checks"]["tflite"]["fp32"]["max_scaled_diff"]["class_probabilities"] <= 1e-4
+    images = load_examples(class_data, split="test").images
+    expected = trained["run"].predict(images)[CLASS_TARGET]["probabilities"]
+    loaded = tf.saved_model.load(str(exported["paths"]["saved_model"]))
+    served = loaded.signatures["serving_default"](image=tf.constant(images))["class_probabilities"]
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)  # the temperature is inside
+    lite = run_tflite(exported["paths"]["tflite_fp32"], images)["class_probabilities"]
+    np.testing.assert_allclose(lite, expected, atol=1e-4)
+
+
+def test_export_refuses_on_device_for_a_classifier(trained, tmp_path):
+    from deeplense_tf.errors import ExportError
+    from deeplense_tf.export import exporter
+
+    with pytest.raises(ExportError, match="classifier"):
+        exporter.export_run(trained["out"], tmp_path, on_device=True, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_served_classifier_predicts_probabilities(exported, trained, class_data):
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.serving.config import ModelConfig
+    from deeplense_tf.serving.model_store import ModelStore
+    from deeplense_tf.serving.rest_client import RestClient
+    from deeplense_tf.serving.server import ModelServer
+
+    images = load_examples(class_data, split="test", limit=5).images
+    expected = trained["run"].predict(images)[CLASS_TARGET]["probabilities"]
+    store = ModelStore([ModelConfig("deeplense", exported["out"] / "deeplense")])
+    with ModelServer(store, rest_port=0, grpc_port=None) as server:
+        out = RestClient(server.rest_url, "deeplense").predict(images)
+    assert out["class_probabilities"].shape == (5, 3)
+    np.testing.assert_allclose(out["class_probabilities"], expected, atol=1e-5)
+
+
+def test_predict_command_writes_class_and_probabilities(trained, class_data, capsys):
+    from deeplense_tf.cli import main
+
+    assert main(["predict", "--run", str(trained["out"]), "--data", str(class_data), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 24
+    assert set(rows[0]) == {"source", "index", "class", "p_no_sub", "p_cdm", "p_axion"}
+    for row in rows:
+        assert sum(row[f"p_{c}"] for c in CLASS_NAMES) == pytest.approx(1.0, abs=1e-5)
+        assert row["class"] == max(CLASS_NAMES, key=lambda c: row[f"p_{c}"])
+    truth = np.arange(24) % 3  # the fixture's class_id, in test-split order
+    assert np.mean([CLASS_NAMES.index(r["class"]) == t for r, t in zip(rows, truth)]) >= 0.9
+
+
+def test_calibrate_refits_the_temperature(trained, tmp_path):
+    import shutil
+
+    from deeplense_tf.runs import Run
+    from deeplense_tf.training.calibrate import calibrate_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained["out"], copy)
+    fit = calibrate_run(copy, verbose=False)
+    recorded = json.loads((copy / "metrics.json").read_text())["temperature_calibration"]
+    assert recorded["split"] == "val" and recorded["temperature"] == pytest.approx(fit["temperature"])
+    # The same val split as at the end of training: the same temperature comes out.
+    trained_fit = json.loads((trained["out"] / "metrics.json").read_text())["temperature_calibration"]
+    assert fit["temperature"] == pytest.approx(trained_fit["temperature"], rel=1e-3)
+    assert get_temperature(Run.load(copy).model) == pytest.approx(fit["temperature"], rel=1e-5)
+
+
+def test_a_regressor_encoder_initialises_a_classifier():
+    from deeplense_tf.models import encoder_layers
+    from deeplense_tf.runs.run import Run
+    from deeplense_tf.training.finetune import load_init_weights
+
+    regressor = build_model("cnn", SHAPE, ["theta_e_arcsec"], head="gaussian", normalization="none",
+                            **TINY_CNN)
+    source = Run(path=None, model=regressor, config={}, targets=["theta_e_arcsec"], head="gaussian",
+                 input_shape=SHAPE, target_stats={}, info={"model": "cnn"})
+    classifier = build_model("cnn", SHAPE, [CLASS_TARGET], head="softmax", num_classes=3,
+                             normalization="none", **TINY_CNN)
+    config = {"model": {"name": "cnn", "head": "softmax"}}
+    copied = load_init_weights(classifier, source, config, SHAPE)
+    with_weights = [layer for layer in encoder_layers(classifier) if layer.weights]
+    assert copied == len(with_weights) > 0
+    by_name = {layer.name: layer for layer in regressor.layers}
+    for layer in with_weights:
+        for a, b in zip(layer.get_weights(), by_name[layer.name].get_weights()):
+            np.testing.assert_array_equal(a, b)

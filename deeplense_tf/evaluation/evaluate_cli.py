@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from deeplense_tf.errors import ConfigError
+from deeplense_tf.evaluation.classification import RELIABILITY_BINS
 from deeplense_tf.evaluation.metrics import DEFAULT_BINS
 from deeplense_tf.runs.layout import RunPaths
 
@@ -27,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N examples")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average predictions over the 8 D4 symmetries")
-    parser.add_argument("--bins", type=int, default=DEFAULT_BINS,
-                        help=f"equal-width bins across each target's true range (default: {DEFAULT_BINS})")
+    parser.add_argument("--bins", type=int, default=None,
+                        help=f"equal-width bins across each target's true range (default: {DEFAULT_BINS}); "
+                        f"for a classifier, confidence bins of the reliability diagram and ECE "
+                        f"(default: {RELIABILITY_BINS})")
     parser.add_argument("--batch-size", type=int, default=256, help="images per prediction batch")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN/eval)")
 
@@ -40,7 +43,7 @@ def evaluate_command(
     split: str = "test",
     limit: int | None = None,
     tta: bool = False,
-    bins: int = DEFAULT_BINS,
+    bins: int | None = None,
     batch_size: int = 256,
     out=None,
     verbose: bool = True,
@@ -48,22 +51,48 @@ def evaluate_command(
     """What `deeplense evaluate` does, callable from Python (the quickstart uses it).
 
     Returns the metrics dict (as in metrics.json) with `out_dir` and `written` added.
+    A classifier run (`model.head: softmax`) gets `evaluation.classification`'s metrics
+    (accuracy, macro-F1, one-vs-rest AUROC, confusion matrix, ECE, reliability diagram).
+    `bins` None is the task's default (`DEFAULT_BINS`, `RELIABILITY_BINS`).
     """
     from deeplense_tf.data import load_examples
     from deeplense_tf.evaluation.report import evaluate_run, format_table, write_evaluation
     from deeplense_tf.runs import Run
 
-    if bins < 1:
+    if bins is not None and bins < 1:
         raise ConfigError(f"--bins must be at least 1, got {bins}")
     run = Run.load(run_path)
     data = run.data_path(data)
     examples = load_examples(data, split=split, limit=limit)
+    if run.head == "softmax":
+        return _evaluate_classifier(run, run_path, examples, split=split, tta=tta,
+                                    bins=bins or RELIABILITY_BINS, batch_size=batch_size, out=out,
+                                    verbose=verbose)
+    bins = bins or DEFAULT_BINS
     metrics, table = evaluate_run(run, examples, tta=tta, bins=bins, batch_size=batch_size)
     metrics = {"run": str(run_path), "split": split, **metrics}
     out_dir = Path(out) if out is not None else RunPaths(run_path).eval
     written = write_evaluation(metrics, table, out_dir)
     if verbose:
         print(format_table(metrics))
+        for path in written:
+            print(f"wrote {path}")
+    return dict(metrics, out_dir=str(out_dir), written=[str(p) for p in written])
+
+
+def _evaluate_classifier(run, run_path, examples, *, split, tta, bins, batch_size, out, verbose) -> dict:
+    from deeplense_tf.evaluation.classification import (
+        evaluate_classifier,
+        format_classification,
+        write_classification,
+    )
+
+    metrics, table = evaluate_classifier(run, examples, tta=tta, bins=bins, batch_size=batch_size)
+    metrics = {"run": str(run_path), "split": split, **metrics}
+    out_dir = Path(out) if out is not None else RunPaths(run_path).eval
+    written = write_classification(metrics, table, out_dir)
+    if verbose:
+        print(format_classification(metrics))
         for path in written:
             print(f"wrote {path}")
     return dict(metrics, out_dir=str(out_dir), written=[str(p) for p in written])

@@ -8,7 +8,8 @@ numeric `.npy` array `[H, W]` or `[H, W, 1]` (never unpickled). Writes one row p
 `source`, `index` (position within that input), and per target `<target>` (predicted
 mean) and, for a Gaussian or Student-t run, `<target>_std`, both in the target's physical
 units; a Student-t run adds `<target>_df` (its degrees of freedom; not with --tta, whose
-prediction is the mixture of eight views).
+prediction is the mixture of eight views). A classifier (`model.head: softmax`) writes
+`class` (the most probable class) and `p_<class>` per class instead.
 Without --out the CSV goes to stdout, so the command pipes.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.errors import ConfigError, DataError
 from deeplense_tf.files import write_text_atomic
 
@@ -111,8 +113,14 @@ def predict_inputs(run, inputs, *, split: str = "test", tta: bool = False, batch
             )
     images = np.concatenate([b.images for b in batches], axis=0)
     predictions = run.predict(images, batch_size=batch_size, tta=tta)
-    columns = {}
+    columns, predicted_class = {}, None
     for target in run.targets:
+        if "probabilities" in predictions[target]:  # a classifier: its class and probabilities
+            names = predictions[target]["class_names"]
+            predicted_class = [names[i] for i in predictions[target]["class_id"]]
+            for k, name in enumerate(names):
+                columns[f"p_{name}"] = predictions[target]["probabilities"][:, k]
+            continue
         columns[target] = np.asarray(predictions[target]["mean"], dtype=np.float64).reshape(-1)
         std = predictions[target].get("std")
         if std is not None:
@@ -125,6 +133,8 @@ def predict_inputs(run, inputs, *, split: str = "test", tta: bool = False, batch
         for index in range(batch.images.shape[0]):
             position = len(rows)
             row = {"source": batch.source, "index": index}
+            if predicted_class is not None:
+                row[CLASS_TARGET] = predicted_class[position]
             row.update({name: float(values[position]) for name, values in columns.items()})
             rows.append(row)
     return rows

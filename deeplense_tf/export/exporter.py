@@ -129,10 +129,13 @@ def load_images(run, spec: ExportSpec, calibration_data=None, *, calibration_cou
         images = rng.gamma(0.5, 1.0, size=(check_count, *spec.input_shape)).astype(np.float32)
         return None, images, None, "synthetic"
     try:
+        # A classifier's label is no target of the data: it reads the class labels instead.
+        labels = (dict(targets=[], classes=spec.class_names) if spec.head == "softmax"
+                  else dict(targets=list(spec.targets)))
         dataset = build_dataset(
-            os.fspath(source), "train", targets=list(spec.targets), batch_size=calibration_count,
+            os.fspath(source), "train", batch_size=calibration_count,
             target_stats=dict(spec.target_stats), shuffle=True, seed=seed, cache=False,
-            verify=False,
+            verify=False, **labels,
         )
         calibration = next(iter(dataset.take(1)))[0].numpy()
         try:
@@ -231,6 +234,9 @@ def export_run(
 
     run = Run.load(run_dir)
     spec = ExportSpec.from_run(run)
+    if on_device and spec.head == "softmax":
+        raise ExportError("--on-device fine-tunes a regression head; a classifier (softmax head) "
+                          "exports for TF Serving and TFLite only")
     if "int8" in variants and _data_source(run, calibration_data) is None:
         data_path = (run.config.get("data") or {}).get("path")
         raise ExportError(
@@ -406,6 +412,7 @@ def _report(run, spec: ExportSpec, name: str, version: int, staging: Path, check
         "model": spec.model_name,
         "head": spec.head,
         "targets": list(spec.targets),
+        **({"class_names": list(spec.class_names)} if spec.class_names else {}),
         "input_shape": list(spec.input_shape),
         "target_stats": {t: dict(s) for t, s in spec.target_stats.items()},
         "signatures": savedmodel.signature_summary(staging),

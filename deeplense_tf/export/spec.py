@@ -9,9 +9,12 @@ on-device training model) returns physical units instead:
     <target>_std  = exp(0.5 * output[:, 1]) * std               (Gaussian and Student-t, [B])
     <target>_df   = output[:, 2]                                (Student-t only, [B], unitless)
 
-with `mean`/`std` from the run's `target_stats.json`. `physical_outputs` is that map in
-TensorFlow (inside exported graphs) and `physical_outputs_np` the same in NumPy (float64)
-for the Keras reference every export is compared with.
+with `mean`/`std` from the run's `target_stats.json`. A classifier (softmax head) has
+one output instead, `class_probabilities` `[B, K]` (the model's own, temperature
+included), whose columns are `class_names` (run.json's `classes`, also in export.json).
+`physical_outputs` is that map in TensorFlow (inside exported graphs) and
+`physical_outputs_np` the same in NumPy (float64) for the Keras reference every export is
+compared with.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ INPUT_NAME = "image"
 EMBEDDING_LAYER = "embedding"
 STD_SUFFIX = "_std"
 DF_SUFFIX = "_df"
+PROBABILITIES_OUTPUT = "class_probabilities"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ExportSpec:
         input_shape: raw image shape `(H, W, C)` in pixels.
         target_stats: `{target: {"mean", "std"}}` in physical units (the standardisation
             used in training).
+        class_names: a classifier's classes, in the order of its probability columns.
     """
 
     model_name: str
@@ -47,10 +52,16 @@ class ExportSpec:
     head: str
     input_shape: tuple[int, int, int]
     target_stats: Mapping[str, Mapping[str, float]]
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.head not in ("gaussian", "student_t", "point"):
+        if self.head not in ("gaussian", "student_t", "point", "softmax"):
             raise ExportError(f"model {self.model_name!r}: unknown head {self.head!r}")
+        if self.head == "softmax" and len(self.class_names) < 2:
+            raise ExportError(
+                f"model {self.model_name!r}: a classifier needs its class names (run.json's "
+                f"classes), got {list(self.class_names)}"
+            )
         if len(self.input_shape) != 3:
             raise ExportError(
                 f"model {self.model_name!r}: input shape must be (H, W, C), got {self.input_shape}"
@@ -80,12 +91,15 @@ class ExportSpec:
                 t: {"mean": float(s["mean"]), "std": float(s["std"])}
                 for t, s in run.target_stats.items()
             },
+            class_names=tuple(getattr(run, "class_names", ()) or ()),
         )
 
     @property
     def output_names(self) -> list[str]:
         """Names of the physical outputs: `<target>`, for a probabilistic head `<target>_std`,
-        for the Student-t head `<target>_df`."""
+        for the Student-t head `<target>_df`; a classifier's `class_probabilities`."""
+        if self.head == "softmax":
+            return [PROBABILITIES_OUTPUT]
         names = []
         for target in self.targets:
             names.append(target)
@@ -115,6 +129,8 @@ def physical_outputs(raw: Mapping, spec: ExportSpec) -> dict:
     """Model outputs (standardised, `{target: [B, k]}`) -> `{name: [B]}` physical, in TF."""
     import tensorflow as tf
 
+    if spec.head == "softmax":
+        return {PROBABILITIES_OUTPUT: tf.cast(raw[spec.targets[0]], tf.float32)}
     result = {}
     for target in spec.targets:
         mean, std = spec._stats(target)
@@ -129,6 +145,8 @@ def physical_outputs(raw: Mapping, spec: ExportSpec) -> dict:
 
 def physical_outputs_np(raw: Mapping, spec: ExportSpec) -> dict[str, np.ndarray]:
     """NumPy twin of `physical_outputs` (computed in float64)."""
+    if spec.head == "softmax":
+        return {PROBABILITIES_OUTPUT: np.asarray(raw[spec.targets[0]], np.float64)}
     result = {}
     for target in spec.targets:
         mean, std = spec._stats(target)

@@ -38,8 +38,6 @@ from deeplense_tf.data import transforms
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.models.covariance import HEAD as FULL_COVARIANCE
 from deeplense_tf.models.covariance import JOINT_OUTPUT, add_full_covariance_head
-from deeplense_tf.models.covariance import HEAD as FULL_COVARIANCE
-from deeplense_tf.models.covariance import JOINT_OUTPUT, add_full_covariance_head
 from deeplense_tf.models.cut import cut_model
 from deeplense_tf.models.heads import HEADS, add_heads
 from deeplense_tf.models.layers import ImagePreprocess
@@ -192,9 +190,9 @@ def build_model(
     head: str = "gaussian",
     normalization: str = "peak_asinh",
     crop: int | None = None,
+    num_classes: int | None = None,
     **options,
 ) -> keras.Model:
-    num_classes: int | None = None,
     """Build the functional model `image -> preprocess -> encoder -> embedding -> heads`.
 
     Args:
@@ -205,10 +203,10 @@ def build_model(
             standardised units.
         normalization: per-image normalisation inside the model (`transforms.NORMALIZATIONS`).
         crop: centre crop in pixels, or None.
-        **options: builder options (see `model_options(name)`), plus `dropout` (rate
-            before the head).
         num_classes: the softmax head's number of classes (`targets` is then
             `[CLASS_TARGET]`; see `classification`).
+        **options: builder options (see `model_options(name)`), plus `dropout` (rate
+            before the head).
 
     Returns:
         An uncompiled `keras.Model` named `name` with input `image` and a dict output
@@ -237,9 +235,6 @@ def build_model(
     if dropout > 0:
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
     if head == FULL_COVARIANCE:
-        outputs = add_full_covariance_head(features, targets)
-    else:
-        if head == FULL_COVARIANCE:
         outputs = add_full_covariance_head(features, targets)
     else:
         outputs = add_heads(features, head, targets, num_classes)

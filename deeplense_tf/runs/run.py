@@ -267,6 +267,8 @@ class Run:
             `"group_size"`: M).
         """
         images = self._check_images(images)
+        if self.head == "softmax":
+            return self._predict_classes(images, batch_size, tta)
         if not tta:
             return self._with_member_components(
                 self._to_physical(self.predict_standardised(images, batch_size)), images, batch_size, False)
@@ -285,8 +287,6 @@ class Run:
                 self.predict_standardised(augment.transform_image(images, name), batch_size)
             )
             means.append(_back_to_original_frame(view, "mean", name, kinds, self.targets))
-        if self.head == "softmax":
-            return self._predict_classes(images, batch_size, tta)
             if self.head != "point":
                 # A D4 map permutes components and flips their signs, so the stds follow
                 # the same permutation (their signs are dropped by squaring).
@@ -346,59 +346,6 @@ class Run:
             out[t]["components"]["group_size"] = views[0][t]["group_size"]
         return out
 
-    def predict_joint(self, images, batch_size: int = 256, tta: bool = False):
-        """The full-covariance head's joint prediction, physical units
-        (`deeplense_tf.models.covariance.JointGaussian`: `mean` [N, T], `covariance`
-        [N, T, T] in `targets` order). With `tta`: `(moment-matched JointGaussian, the eight
-        views' JointGaussians mapped back to the original frame)`. RunError for other heads."""
-        from deeplense_tf.models import covariance
-
-        if self.head != covariance.HEAD:
-            raise RunError(f"{self.path or 'this run'}: has a {self.head} head; only full_covariance "
-                           "predicts a joint covariance")
-        images = self._check_images(images)
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        return covariance.predict_joint(
-            self._forward(), images, self.targets, self.target_stats, batch_size=batch_size, tta=tta,
-            target_kinds=(self.manifest or {}).get("target_kinds") or {},
-        )
-
-    def predict_joint(self, images, batch_size: int = 256, tta: bool = False):
-        """The full-covariance head's joint prediction, physical units
-        (`deeplense_tf.models.covariance.JointGaussian`: `mean` [N, T], `covariance`
-        [N, T, T] in `targets` order). With `tta`: `(moment-matched JointGaussian, the eight
-        views' JointGaussians mapped back to the original frame)`. RunError for other heads."""
-        from deeplense_tf.models import covariance
-
-        if self.head != covariance.HEAD:
-            raise RunError(f"{self.path or 'this run'}: has a {self.head} head; only full_covariance "
-                           "predicts a joint covariance")
-        images = self._check_images(images)
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        return covariance.predict_joint(
-            self._forward(), images, self.targets, self.target_stats, batch_size=batch_size, tta=tta,
-            target_kinds=(self.manifest or {}).get("target_kinds") or {},
-        )
-
-    def embedding_model(self, layer: str | None = None):
-        """A `keras.Model` from the `image` input to the output of `layer` (default
-        `embedding`), as it is (no pooling; `deeplense_tf.models.cut`).
-
-        Shares the run's layers and weights. RunError naming the available layers when
-        `layer` does not exist.
-        """
-        from deeplense_tf.models.cut import cut_model
-
-        try:
-            return cut_model(self.model, layer)
-        except ConfigError as err:
-            raise RunError(f"{self.path or 'this run'}: {err}") from None
-
-
-def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, targets) -> dict:
-    """Predictions made on an image transformed by `element`, mapped back to the original frame.
     @property
     def class_names(self) -> tuple[str, ...]:
         """A classifier's classes in output order (run.json's `classes`); () for a regressor."""
@@ -448,6 +395,23 @@ def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, tar
             target_kinds=(self.manifest or {}).get("target_kinds") or {},
         )
 
+    def embedding_model(self, layer: str | None = None):
+        """A `keras.Model` from the `image` input to the output of `layer` (default
+        `embedding`), as it is (no pooling; `deeplense_tf.models.cut`).
+
+        Shares the run's layers and weights. RunError naming the available layers when
+        `layer` does not exist.
+        """
+        from deeplense_tf.models.cut import cut_model
+
+        try:
+            return cut_model(self.model, layer)
+        except ConfigError as err:
+            raise RunError(f"{self.path or 'this run'}: {err}") from None
+
+
+def _back_to_original_frame(view: dict, key: str, element: str, kinds: dict, targets) -> dict:
+    """Predictions made on an image transformed by `element`, mapped back to the original frame.
 
     Vector / spin-2 components need their partner; a partner the run does not predict
     is NaN, so a component that the element mixes with its partner comes back NaN and

@@ -35,11 +35,15 @@ def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None 
     Returns `{target: fit_predictive_scale(...) result}` (fitted on the head's own
     distribution, Gaussian or Student-t); the same goes into the run's `metrics.json`
     under `variance_calibration` (with `data`, `split` and `tta`). Raises `RunError` for
-    a point head.
+    a point head. A classifier (softmax head) gets its temperature refitted instead
+    (`calibrate_temperature`).
     """
     from deeplense_tf.data import load_examples
 
     run = Run.load(run_path)
+    if run.head == "softmax":
+        return calibrate_temperature(run, data, split=split, limit=limit, batch_size=batch_size,
+                                     tta=tta, verbose=verbose)
     if run.head == "point":
         raise RunError(f"{run_path}: the run has a point head; it has no stds to calibrate")
     data = run.data_path(data)
@@ -65,3 +69,46 @@ def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None 
     if verbose:
         print(f"wrote {paths.model}, {paths.metrics}")
     return results
+
+
+def calibrate_temperature(run, data=None, *, split: str = "val", limit: int | None = None,
+                          batch_size: int = 256, tta: bool = False, verbose: bool = True) -> dict:
+    """Refit a classifier run's temperature on `split` of `data` (default: the run's own
+    data) and rewrite its `model.keras`; the fit replaces the previous temperature.
+
+    Returns `fit_temperature`'s record, which also goes into metrics.json under
+    `temperature_calibration` (with `data` and `split`).
+    """
+    import numpy as np
+
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.data.classes import labels_for_run
+    from deeplense_tf.models.classification import LOGITS_LAYER, fit_temperature, set_temperature
+    from deeplense_tf.models.cut import cut_model
+
+    if tta:
+        raise RunError(f"{run.path}: a classifier's temperature is fitted on single views; calibrate "
+                       "without --tta (evaluate --tta averages the calibrated probabilities)")
+    data = run.data_path(data)
+    examples = load_examples(data, split=split, limit=limit)
+    labels = labels_for_run(examples.class_id, list(examples.class_names), run.class_names,
+                            str(examples.source))
+    images = run._check_images(examples.images)
+    logits_model = cut_model(run.model, LOGITS_LAYER)
+    logits = np.concatenate([
+        np.asarray(logits_model(images[start : start + batch_size], training=False), np.float64)
+        for start in range(0, len(images), batch_size)
+    ])
+    fit = fit_temperature(logits, labels)
+    set_temperature(run.model, fit["temperature"])
+    if verbose:
+        print(f"temperature {fit['temperature']:.3f} on {fit['examples']} {split} examples; "
+              f"cross-entropy {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}")
+    paths = run.paths
+    save_model_atomic(run.model, paths.model)
+    metrics = run.metrics
+    metrics["temperature_calibration"] = {"data": data, "split": split, **fit}
+    write_json_atomic(paths.metrics, metrics)
+    if verbose:
+        print(f"wrote {paths.model}, {paths.metrics}")
+    return fit

@@ -8,7 +8,8 @@ layer trains at `finetune_lr_factor` times it (the two-phase schedule is
 
 A self-supervised encoder (`deeplense pretrain`, run.json `head: projector`) has no head
 and no targets: only the encoder's layers (`preprocess` through `embedding`) are copied,
-and the head starts from its initialisation.
+and the head starts from its initialisation. The same holds between a regressor and a
+classifier (`model.head: softmax`) in either direction.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def resolve_init_from(config: dict, out_dir: Path, manifest: dict) -> Run | None
         raise ConfigError("training.init_from must be another run folder than --out")
     t["init_from"] = str(init)
     source = Run.load(init)
-    if config["data"]["targets"] is None and source.head != ENCODER_HEAD:
+    if config["data"]["targets"] is None and source.head not in (ENCODER_HEAD, "softmax"):
         missing = [x for x in source.targets if x not in manifest["targets"]]
         if missing:
             raise RunError(
@@ -56,7 +57,10 @@ def load_init_weights(model, source: Run, config: dict, input_shape) -> int:
     src_model_name = source.info.get("model")
     if src_model_name and src_model_name != config["model"]["name"]:
         problems.append(f"model {src_model_name!r} there, {config['model']['name']!r} here")
-    encoder_only = source.head == ENCODER_HEAD
+    # A regressor's encoder starts a classifier (softmax head) and the reverse: the heads
+    # differ, the encoder layers are the same ones.
+    heads = (source.head, config["model"]["head"])
+    encoder_only = source.head == ENCODER_HEAD or ("softmax" in heads and heads[0] != heads[1])
     layers = model.layers
     if encoder_only:
         from deeplense_tf.models import encoder_layers

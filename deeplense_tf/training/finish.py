@@ -20,7 +20,6 @@ import tensorflow as tf
 from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.files import atomic_path, write_json_atomic
 from deeplense_tf.models import covariance
-from deeplense_tf.models import covariance
 from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
 from deeplense_tf.predictive import Predictive
 from deeplense_tf.runs import layout
@@ -105,32 +104,6 @@ def calibrate_covariance(loop: TrainingLoop) -> dict:
     return {covariance.JOINT_OUTPUT: fit}
 
 
-def calibrate_covariance(loop: TrainingLoop) -> dict:
-    """The full-covariance head: one scale on the covariance, fitted on the validation
-    split's squared Mahalanobis distances (`models.covariance.fit_covariance_scale`),
-    agreed across workers and stored in the model. Returns `{JOINT_OUTPUT: fit}`."""
-    model = loop.model
-
-    @tf.function(autograph=False, reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)[covariance.JOINT_OUTPUT]
-
-    truths, joints = [], []
-    for images, targets in loop.validation_batches():
-        joints.append(np.asarray(forward(images), np.float64))
-        truths.append(np.asarray(covariance.stack_targets(targets, loop.targets), np.float64))
-    joint = covariance.JointGaussian.from_joint_output(np.concatenate(joints))
-    fit = covariance.fit_covariance_scale(np.concatenate(truths), joint)  # standardised: unit-free
-    fit["scale"] = loop.replicas.agree({"scale": fit["scale"]})["scale"]
-    covariance.apply_covariance_scale(model, fit["scale"])
-    loop.log(
-        f"covariance scaled by {fit['scale']:.3f} on the validation split (joint 68% / 95% coverage "
-        f"{fit['joint_coverage_68_before']:.3f} / {fit['joint_coverage_95_before']:.3f} -> "
-        f"{fit['joint_coverage_68_after']:.3f} / {fit['joint_coverage_95_after']:.3f})"
-    )
-    return {covariance.JOINT_OUTPUT: fit}
-
-
 def calibrate_variance(loop: TrainingLoop) -> dict | None:
     """Scale the head's stds so the validation split's coverage is nominal (Gaussian or
     Student-t: fitted on the head's own distribution).
@@ -172,35 +145,6 @@ def calibrate_variance(loop: TrainingLoop) -> dict | None:
     return results
 
 
-def float32_model(loop: TrainingLoop, input_shape, previous_policy):
-    """The model to save: float32 throughout (a mixed-precision model is rebuilt under
-    `previous_policy` with the same weights)."""
-    if not loop.config["training"]["mixed_precision"]:
-        return loop.model
-    keras.mixed_precision.set_global_policy(previous_policy)
-    model = build_model_from_config(loop.config, input_shape, loop.targets)
-    model.set_weights(loop.model.get_weights())
-    return model
-
-
-def summary(loop: TrainingLoop, final_val: dict, recalibration, model, train_examples: int) -> dict:
-    """The run's metrics.json (before the calibration record is added)."""
-    seconds = loop.elapsed
-    images = loop.epoch * loop.steps_per_epoch * loop.global_batch
-    return {
-        "monitor": loop.config["training"]["monitor"],
-        "best_epoch": loop.best_epoch,
-        "best": loop.best,
-        "epochs": loop.epoch,
-        "planned_epochs": loop.planned_epochs,
-        "stopped": loop.stopped or "completed",
-        "validation": {
-            "loss": final_val["val_loss"],
-            "targets": {
-                t: {
-                    "mae": final_val[f"val_{t}_mae_physical"],
-                    "mae_standardised": final_val[f"val_{t}_mae"],
-                    # the target's own loss (standardised units): the tuner's per-target NLL
 def calibrate_temperature(loop: TrainingLoop) -> dict | None:
     """The softmax head's temperature fitted on the validation split's logits (the maths
     in `deeplense_tf.models.classification`), agreed across workers and set in the model;
@@ -230,10 +174,40 @@ def calibrate_temperature(loop: TrainingLoop) -> dict | None:
     return fit
 
 
+def float32_model(loop: TrainingLoop, input_shape, previous_policy):
+    """The model to save: float32 throughout (a mixed-precision model is rebuilt under
+    `previous_policy` with the same weights)."""
+    if not loop.config["training"]["mixed_precision"]:
+        return loop.model
+    keras.mixed_precision.set_global_policy(previous_policy)
+    model = build_model_from_config(loop.config, input_shape, loop.targets)
+    model.set_weights(loop.model.get_weights())
+    return model
+
+
+def summary(loop: TrainingLoop, final_val: dict, recalibration, model, train_examples: int) -> dict:
+    """The run's metrics.json (before the calibration record is added)."""
+    seconds = loop.elapsed
+    images = loop.epoch * loop.steps_per_epoch * loop.global_batch
+    return {
+        "monitor": loop.config["training"]["monitor"],
+        "best_epoch": loop.best_epoch,
+        "best": loop.best,
+        "epochs": loop.epoch,
+        "planned_epochs": loop.planned_epochs,
+        "stopped": loop.stopped or "completed",
+        "validation": {
+            "loss": final_val["val_loss"],
+            "targets": {
+                t: {
+                    "mae": final_val[f"val_{t}_mae_physical"],
+                    "mae_standardised": final_val[f"val_{t}_mae"],
+                    # the target's own loss (standardised units): the tuner's per-target NLL
                     "loss": final_val.get(f"val_{t}_loss", final_val["val_loss"]),
                 }
                 for t in loop.targets if t != CLASS_TARGET
             },
+            **({"accuracy": final_val["val_accuracy"]} if "val_accuracy" in final_val else {}),
         },
         "bn_recalibration": recalibration,
         "train_seconds": seconds,
@@ -263,7 +237,12 @@ def write_history_plot(history: list[dict], targets, target_stats: dict, best_ep
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss (standardised targets)")
     axes[0].legend()
     for ax, t in zip(axes[1:], targets):
-            **({"accuracy": final_val["val_accuracy"]} if "val_accuracy" in final_val else {}),
+        if t == CLASS_TARGET:  # a classifier: its accuracy
+            ax.plot(epochs, [r["accuracy"] for r in history], label="train")
+            ax.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
+            ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+            ax.legend()
+            continue
         std = target_stats[t]["std"]
         ax.plot(epochs, [r[f"{t}_mae"] * std for r in history], label="train")
         ax.plot(epochs, [r[f"val_{t}_mae_physical"] for r in history], label="validation")
@@ -294,12 +273,6 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
     model = float32_model(loop, input_shape, previous_policy)
     chief = loop.replicas.chief
     result = Run(
-        if t == CLASS_TARGET:  # a classifier: its accuracy
-            ax.plot(epochs, [r["accuracy"] for r in history], label="train")
-            ax.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
-            ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-            ax.legend()
-            continue
         path=loop.out if chief else None,
         model=model,
         config=loop.config,
@@ -319,6 +292,8 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
     metrics.update(loop.summary_extras(final_val))
     if variance_calibration:
         metrics["variance_calibration"] = {"split": "val", "targets": variance_calibration}
+    if temperature_calibration:
+        metrics["temperature_calibration"] = {"split": "val", **temperature_calibration}
     write_json_atomic(paths.metrics, metrics)
     plots = write_history_plot(loop.history, loop.targets, loop.target_stats, loop.best_epoch,
                                paths.plots / "history.png")
@@ -332,5 +307,3 @@ def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, t
         + f", {paths.logs}"
     )
     return result
-    if temperature_calibration:
-        metrics["temperature_calibration"] = {"split": "val", **temperature_calibration}
