@@ -96,6 +96,11 @@ def evaluate_run(
             }
         metrics["targets"][target] = evaluate_target(true, mean, std, bins=bins, predictive=predictive)
         table[target] = {"true": true, "mean": mean, "std": std}
+    if run.head == "full_covariance":  # the joint Gaussian over all targets (evaluation/joint.py)
+        from deeplense_tf.evaluation.joint import evaluate_joint
+
+        metrics["joint"] = evaluate_joint(run, images, {t: truth[t][used] for t in run.targets},
+                                          tta=tta, batch_size=batch_size)
     return metrics, table
 
 
@@ -122,6 +127,15 @@ def write_evaluation(metrics: dict, table: dict, out_dir, *, title: str | None =
             written.append(plot_coverage(target, to_jsonable(result),
                                          out_dir / "plots" / f"{target}_coverage.png", title=heading))
             metrics["plots"][f"{target}_coverage"] = f"plots/{target}_coverage.png"
+
+    if metrics.get("joint"):
+        from deeplense_tf.evaluation.joint import CORNER_PLOT, plot_corner
+
+        corner = metrics["joint"]["corner"]
+        written.append(plot_corner(corner["mean"], corner["covariance"], corner["truth"],
+                                   metrics["joint"]["targets"], out_dir / "plots" / CORNER_PLOT,
+                                   title=f"posterior of test lens {corner['index']} and its truth (red)"))
+        metrics["plots"]["corner"] = f"plots/{CORNER_PLOT}"
 
     pred_path = out_dir / PREDICTIONS_NAME
     with atomic_path(pred_path) as tmp, open(tmp, "w", newline="") as handle:
@@ -185,6 +199,14 @@ def _rows(metrics: dict, binned: bool):
         rows.append([target, *(_fmt(overall.get(key)) for _, key in cols),
                      _fmt(result.get("baseline_mae"))])
     blocks = [("Overall", header, rows)]
+    joint = metrics.get("joint")
+    if joint:  # the full-covariance head: fractions of lenses inside the joint regions
+        blocks.append((
+            f"Joint calibration over {joint['degrees_of_freedom']} targets ({joint['distribution']})",
+            ["N", "d² ≤ χ²(68%)", "d² ≤ χ²(95%)", f"mean d² (nominal {joint['degrees_of_freedom']})"],
+            [[str(joint["examples"]), _fmt(joint["coverage_68"], 3), _fmt(joint["coverage_95"], 3),
+              _fmt(joint["mean_d2"], 2)]],
+        ))
     if binned:
         bcols = [c for c in _BINNED_COLUMNS if probabilistic or not c[1].startswith(uncertain)]
         for target, result in metrics["targets"].items():

@@ -55,7 +55,7 @@ class ExportSpec:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.head not in ("gaussian", "student_t", "point", "softmax"):
+        if self.head not in ("gaussian", "student_t", "point", "softmax", "full_covariance"):
             raise ExportError(f"model {self.model_name!r}: unknown head {self.head!r}")
         if self.head == "softmax" and len(self.class_names) < 2:
             raise ExportError(
@@ -107,6 +107,10 @@ class ExportSpec:
                 names.append(target + STD_SUFFIX)
             if self.head == "student_t":
                 names.append(target + DF_SUFFIX)
+        if self.head == "full_covariance":  # [B, T, T] each, rows and columns in target order
+            from deeplense_tf.models.covariance import CORRELATION_OUTPUT, COVARIANCE_OUTPUT
+
+            names += [COVARIANCE_OUTPUT, CORRELATION_OUTPUT]
         return names
 
     def image_spec(self, batch: int | None = None):
@@ -114,6 +118,10 @@ class ExportSpec:
         import tensorflow as tf
 
         return tf.TensorSpec([batch, *self.input_shape], tf.float32, name=INPUT_NAME)
+
+    def target_std(self) -> list[float]:
+        """The targets' train-split stds, in target order (physical units per standard unit)."""
+        return [self._stats(t)[1] for t in self.targets]
 
     def _stats(self, target):
         stats = self.target_stats[target]
@@ -140,6 +148,10 @@ def physical_outputs(raw: Mapping, spec: ExportSpec) -> dict:
             result[target + STD_SUFFIX] = tf.exp(0.5 * values[:, 1]) * std
         if spec.head == "student_t":
             result[target + DF_SUFFIX] = values[:, 2]
+    if spec.head == "full_covariance":
+        from deeplense_tf.models.covariance import JOINT_OUTPUT, physical_joint_outputs
+
+        result.update(physical_joint_outputs(raw[JOINT_OUTPUT], spec.target_std()))
     return result
 
 
@@ -156,6 +168,10 @@ def physical_outputs_np(raw: Mapping, spec: ExportSpec) -> dict[str, np.ndarray]
             result[target + STD_SUFFIX] = np.exp(0.5 * values[:, 1]) * std
         if spec.head == "student_t":
             result[target + DF_SUFFIX] = values[:, 2]
+    if spec.head == "full_covariance":
+        from deeplense_tf.models.covariance import JOINT_OUTPUT, physical_joint_outputs_np
+
+        result.update(physical_joint_outputs_np(raw[JOINT_OUTPUT], spec.target_std()))
     return result
 
 
@@ -164,7 +180,7 @@ def keras_reference(model, spec: ExportSpec, images: np.ndarray, batch_size: int
     chunks = []
     for start in range(0, len(images), batch_size):
         raw = model(images[start : start + batch_size], training=False)
-        chunks.append(physical_outputs_np({t: np.asarray(raw[t]) for t in spec.targets}, spec))
+        chunks.append(physical_outputs_np({k: np.asarray(v) for k, v in raw.items()}, spec))
     return {name: np.concatenate([c[name] for c in chunks]) for name in spec.output_names}
 
 
