@@ -38,8 +38,6 @@ from deeplense_tf.data import transforms
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.models.covariance import HEAD as FULL_COVARIANCE
 from deeplense_tf.models.covariance import JOINT_OUTPUT, add_full_covariance_head
-from deeplense_tf.models.covariance import HEAD as FULL_COVARIANCE
-from deeplense_tf.models.covariance import JOINT_OUTPUT, add_full_covariance_head
 from deeplense_tf.models.cut import cut_model
 from deeplense_tf.models.heads import HEADS, add_heads
 from deeplense_tf.models.layers import ImagePreprocess
@@ -237,9 +235,6 @@ def build_model(
     if dropout > 0:
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
     if head == FULL_COVARIANCE:
-        outputs = add_full_covariance_head(features, targets)
-    else:
-        if head == FULL_COVARIANCE:
         outputs = add_full_covariance_head(features, targets)
     else:
         outputs = add_heads(features, head, targets, num_classes)

@@ -395,24 +395,6 @@ class Run:
             target_kinds=(self.manifest or {}).get("target_kinds") or {},
         )
 
-    def predict_joint(self, images, batch_size: int = 256, tta: bool = False):
-        """The full-covariance head's joint prediction, physical units
-        (`deeplense_tf.models.covariance.JointGaussian`: `mean` [N, T], `covariance`
-        [N, T, T] in `targets` order). With `tta`: `(moment-matched JointGaussian, the eight
-        views' JointGaussians mapped back to the original frame)`. RunError for other heads."""
-        from deeplense_tf.models import covariance
-
-        if self.head != covariance.HEAD:
-            raise RunError(f"{self.path or 'this run'}: has a {self.head} head; only full_covariance "
-                           "predicts a joint covariance")
-        images = self._check_images(images)
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        return covariance.predict_joint(
-            self._forward(), images, self.targets, self.target_stats, batch_size=batch_size, tta=tta,
-            target_kinds=(self.manifest or {}).get("target_kinds") or {},
-        )
-
     def embedding_model(self, layer: str | None = None):
         """A `keras.Model` from the `image` input to the output of `layer` (default
         `embedding`), as it is (no pooling; `deeplense_tf.models.cut`).

@@ -20,7 +20,6 @@ import tensorflow as tf
 from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.files import atomic_path, write_json_atomic
 from deeplense_tf.models import covariance
-from deeplense_tf.models import covariance
 from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
 from deeplense_tf.predictive import Predictive
 from deeplense_tf.runs import layout
@@ -77,32 +76,6 @@ def recalibrate_batchnorm(loop: TrainingLoop) -> dict | None:
         f"{before[key]:.5g} -> {after[key]:.5g} ({'kept' if kept else 'discarded'})"
     )
     return {"batches": batches, "monitor": key, "before": before, "after": after, "kept": bool(kept)}
-
-
-def calibrate_covariance(loop: TrainingLoop) -> dict:
-    """The full-covariance head: one scale on the covariance, fitted on the validation
-    split's squared Mahalanobis distances (`models.covariance.fit_covariance_scale`),
-    agreed across workers and stored in the model. Returns `{JOINT_OUTPUT: fit}`."""
-    model = loop.model
-
-    @tf.function(autograph=False, reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)[covariance.JOINT_OUTPUT]
-
-    truths, joints = [], []
-    for images, targets in loop.validation_batches():
-        joints.append(np.asarray(forward(images), np.float64))
-        truths.append(np.asarray(covariance.stack_targets(targets, loop.targets), np.float64))
-    joint = covariance.JointGaussian.from_joint_output(np.concatenate(joints))
-    fit = covariance.fit_covariance_scale(np.concatenate(truths), joint)  # standardised: unit-free
-    fit["scale"] = loop.replicas.agree({"scale": fit["scale"]})["scale"]
-    covariance.apply_covariance_scale(model, fit["scale"])
-    loop.log(
-        f"covariance scaled by {fit['scale']:.3f} on the validation split (joint 68% / 95% coverage "
-        f"{fit['joint_coverage_68_before']:.3f} / {fit['joint_coverage_95_before']:.3f} -> "
-        f"{fit['joint_coverage_68_after']:.3f} / {fit['joint_coverage_95_after']:.3f})"
-    )
-    return {covariance.JOINT_OUTPUT: fit}
 
 
 def calibrate_covariance(loop: TrainingLoop) -> dict:
