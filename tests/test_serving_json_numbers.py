@@ -74,3 +74,29 @@ def test_signature_name_before_or_after_and_trailing_text():
     assert request.signature_name == "s2" and request.numeric == ("inputs", request.numeric[1])
     # something after the list other than the signature name: not the fast path
     assert parse_predict_body(b'{"instances": [1], "x": 2}').numeric is None
+
+
+@pytest.mark.parametrize("text", [
+    b"[[[1],[2]],[[3],[4]],[[5],[6]],[[7],[8]]]", b"[[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]",
+    b"[1, 2, 3, 4, 5, 6, 7, 8]", b"[[1],[2],[3],[4,5],[6]]", b"[[1],[2],[3],[4],[5,6]]",
+    b"[[[1],[2]],[[3],[4]],[[5]],[[7],[8]]]", b"[[1,2],[3,4]],[5,6]]", b"[[1,2],[3,4],[5,6]] ",
+    b"[[1,2] ,[3,4],[5,6],[7,8]]", b"[[1,2],[3,4],[5,6],[7,8]",
+])
+def test_reading_in_two_halves_gives_what_one_pass_gives(text, monkeypatch):
+    whole = json_numbers._read(text, 0)
+    monkeypatch.setattr(json_numbers, "PARALLEL_BYTES", 8)
+    halves = json_numbers.read_numeric_list(text, 0)
+    if whole is None:
+        assert halves is None
+    else:
+        assert halves[0] == whole[0] and np.array_equal(halves[1], whole[1])
+        assert halves[1].shape == whole[1].shape
+
+
+def test_a_large_body_is_read_in_halves_exactly():
+    x = np.random.default_rng(2).gamma(0.5, 1.0, size=(64, 64, 64, 1)).astype(np.float32)
+    text = json.dumps(x.tolist()).encode()
+    assert len(text) > json_numbers.PARALLEL_BYTES
+    assert json_numbers._read_in_halves(text, 0) is not None
+    end, got = json_numbers.read_numeric_list(text, 0)
+    assert end == len(text) and np.array_equal(got.astype(np.float32), x)

@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--num-batch-threads", type=int,
                        help="batches run at once (default: number of CPUs)")
 
+    tf_group = parser.add_argument_group("TensorFlow threads (TF Serving's flags of these names)")
+    tf_group.add_argument("--tensorflow-intra-op-parallelism", type=int, default=0,
+                          help="threads one op may use (0: TensorFlow's choice, all cores); "
+                               "with batching, 1 lets each batch thread keep one core busy")
+    tf_group.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
+                          help="ops run at once (0: TensorFlow's choice)")
+
 
 def _batching_options(args):
     from deeplense_tf.serving.batching import BatchingOptions
@@ -81,6 +88,32 @@ def _batching_options(args):
         base = BatchingOptions.from_file(args.batching_parameters_file)
         return BatchingOptions(**{**base.__dict__, **overrides})
     return BatchingOptions(**overrides)
+
+
+def _set_tensorflow_threads(args) -> None:
+    """Applies the TensorFlow thread flags; they must come before TensorFlow's first op."""
+    wanted = {"intra": args.tensorflow_intra_op_parallelism,
+              "inter": args.tensorflow_inter_op_parallelism}
+    for kind, value in wanted.items():
+        if value < 0:
+            raise ConfigError(f"--tensorflow-{kind}-op-parallelism must be >= 0, got {value}")
+    if not any(wanted.values()):
+        return
+    import tensorflow as tf
+
+    threading_config = tf.config.threading
+    for kind, value in wanted.items():
+        if not value:
+            continue
+        get = getattr(threading_config, f"get_{kind}_op_parallelism_threads")
+        try:
+            getattr(threading_config, f"set_{kind}_op_parallelism_threads")(value)
+        except RuntimeError:
+            if get() != value:
+                raise ConfigError(
+                    f"--tensorflow-{kind}-op-parallelism {value}: TensorFlow in this process "
+                    f"already runs with {get() or 'its default'}; set it before anything "
+                    "else uses TensorFlow (a fresh `deeplense serve` process)") from None
 
 
 def _models(args):
@@ -129,6 +162,7 @@ def build_server(args):
     if args.file_system_poll_wait_seconds < 0:
         raise ConfigError("--file-system-poll-wait-seconds must be >= 0")
     models = _models(args)
+    _set_tensorflow_threads(args)
     prometheus_path = None
     if args.monitoring_config_file:
         from deeplense_tf.serving.config import read_monitoring_config_file
@@ -169,6 +203,9 @@ def run(args) -> int:
             b = store.batching
             print(f"  batching: max {b.max_batch_size} rows, timeout {b.batch_timeout_micros} us, "
                   f"{b.num_batch_threads} threads")
+        if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
+            print(f"  TensorFlow threads: intra-op {args.tensorflow_intra_op_parallelism or 'default'}"
+                  f", inter-op {args.tensorflow_inter_op_parallelism or 'default'}")
         print("Ctrl-C to stop", flush=True)
         server.wait()
     except KeyboardInterrupt:
