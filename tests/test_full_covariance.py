@@ -238,6 +238,18 @@ def test_export_names_the_joint_outputs_and_matches_keras(fullcov_run, tmp_path)
     np.testing.assert_allclose(served["lens_e2_std"], joint.stds()[:, TARGETS.index("lens_e2")], rtol=1e-5)
     lite = tflite.run_tflite(paths["tflite_fp32"], images)
     np.testing.assert_allclose(lite["covariance"], joint.covariance, rtol=1e-3, atol=1e-7)
+    # Serving: the local TF Serving-compatible servable answers predict with the matrices.
+    from deeplense_tf.serving.json_answers import encode_predict_response
+    from deeplense_tf.serving.servable import Servable
+
+    servable = Servable("deeplense", 1, paths["saved_model"])
+    try:
+        answer = servable.run("serving_default", {"image": images})
+    finally:
+        servable.close()
+    np.testing.assert_allclose(answer["covariance"], served["covariance"], rtol=1e-6)
+    rows = json.loads(encode_predict_response(answer, "ROW"))["predictions"]
+    assert len(rows) == 4 and np.asarray(rows[0]["correlation"]).shape == (5, 5)
 
 
 def test_evaluation_reports_the_joint_calibration_and_a_corner_plot(fullcov_run, tmp_path):
@@ -267,3 +279,26 @@ def test_evaluation_reports_the_joint_calibration_and_a_corner_plot(fullcov_run,
     tta_metrics, _ = evaluate_run(run, examples, tta=True)
     assert "moment-matched" in tta_metrics["joint"]["distribution"]
     assert tta_metrics["distribution"]["lens_e1"]["components"] == 8
+
+
+def test_calibrate_run_composes_and_refuses_what_is_not_built(fullcov_run, tmp_path):
+    import shutil
+
+    from deeplense_tf.errors import RunError
+    from deeplense_tf.runs import Run
+    from deeplense_tf.training.calibrate import calibrate_run
+    from deeplense_tf.training.ensemble import check_members
+
+    _, trained = fullcov_run
+    copy = shutil.copytree(trained.path, tmp_path / "run")
+    before = float(Run.load(copy).model.get_layer(JOINT_OUTPUT).log_variance_offset.numpy())
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit = calibrate_run(copy, split="val")[JOINT_OUTPUT]
+    after = Run.load(copy)
+    offset = float(after.model.get_layer(JOINT_OUTPUT).log_variance_offset.numpy())
+    assert offset == pytest.approx(before + math.log(fit["scale"]), abs=1e-6)
+    assert after.calibration["targets"][JOINT_OUTPUT]["scale"] == fit["scale"]
+    with pytest.raises(RunError, match="--tta is not supported"):
+        calibrate_run(copy, split="val", tta=True, verbose=False)
+    with pytest.raises(RunError, match="full_covariance run"):
+        check_members([Run.load(trained.path), after])

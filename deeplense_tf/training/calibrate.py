@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from deeplense_tf.errors import RunError
 from deeplense_tf.files import write_json_atomic
+from deeplense_tf.models import covariance
 from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
 from deeplense_tf.predictive import Predictive
 from deeplense_tf.runs.layout import save_model_atomic
@@ -49,6 +50,9 @@ def calibrate_run(run_path, data=None, *, split: str = "val", limit: int | None 
     data = run.data_path(data)
     examples = load_examples(data, split=split, limit=limit)
     run.check_examples(examples)
+    if run.head == covariance.HEAD:
+        return calibrate_covariance_run(run, examples, data, split=split, batch_size=batch_size,
+                                        tta=tta, verbose=verbose)
     predictions = run.predict(examples.images, batch_size=batch_size, tta=tta)
     results = {}
     for target in run.targets:
@@ -112,3 +116,33 @@ def calibrate_temperature(run, data=None, *, split: str = "val", limit: int | No
     if verbose:
         print(f"wrote {paths.model}, {paths.metrics}")
     return fit
+
+
+def calibrate_covariance_run(run, examples, data, *, split: str, batch_size: int = 256,
+                             tta: bool = False, verbose: bool = True) -> dict:
+    """`calibrate_run` for the full-covariance head: one scale on the covariance, fitted on
+    the squared Mahalanobis distances of `examples` (`models.covariance.fit_covariance_scale`).
+    Returns `{JOINT_OUTPUT: fit}`, also recorded under `variance_calibration`."""
+    import numpy as np
+
+    if tta:
+        raise RunError(f"{run.path}: calibrate --tta is not supported for the full_covariance head "
+                       "(the 8-view mixture is not Gaussian); calibrate without --tta")
+    truth = np.stack([np.asarray(examples.targets[t], np.float64) for t in run.targets], axis=1)
+    keep = np.isfinite(truth).all(axis=1)
+    joint = run.predict_joint(examples.images[keep], batch_size=batch_size)
+    fit = covariance.fit_covariance_scale(truth[keep], joint)
+    covariance.apply_covariance_scale(run.model, fit["scale"])
+    if verbose:
+        print(f"covariance x {fit['scale']:.3f} on {fit['examples']} {split} examples; joint 68% / 95% "
+              f"coverage {fit['joint_coverage_68_before']:.3f} / {fit['joint_coverage_95_before']:.3f} -> "
+              f"{fit['joint_coverage_68_after']:.3f} / {fit['joint_coverage_95_after']:.3f}")
+    paths = run.paths
+    save_model_atomic(run.model, paths.model)
+    metrics = run.metrics
+    results = {covariance.JOINT_OUTPUT: fit}
+    metrics["variance_calibration"] = {"data": data, "split": split, "tta": False, "targets": results}
+    write_json_atomic(paths.metrics, metrics)
+    if verbose:
+        print(f"wrote {paths.model}, {paths.metrics}")
+    return results
