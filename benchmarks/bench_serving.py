@@ -11,8 +11,9 @@ Everything is measured side by side in one run, so the ratios hold even on a sha
    interleaved round by round (one call of each row per round), medians per row. Gives the
    REST / gRPC ratio at batch 64 and the server's overhead at batch 1 (concurrency 1) over
    the in-process call.
-2. Concurrency: one `deeplense serve` subprocess per batching setting (off, and each
-   setting of `--sweep`), all started before any load; closed-loop clients at
+2. Concurrency: one `deeplense serve` subprocess per server setting (off, and each
+   setting of `--sweep`: batching parameters, optionally TensorFlow's intra-op threads),
+   all started before any load; closed-loop clients at
    C = 1, 8, 32 (one 64x64 image per request). Each round visits every server in turn, so
    every setting sees the same machine load; throughput is the median over rounds, and
    "x off" divides it by the unbatched server's in the same rounds.
@@ -244,9 +245,18 @@ def _main_setting(servers: dict) -> str | None:
 
 
 def _batching_flags(setting: str) -> list[str]:
-    size, timeout, threads = setting.split(":")
+    """`deeplense serve` flags for SIZE:TIMEOUT_US:THREADS[:INTRA] or off:INTRA."""
+    fields = setting.split(":")
+    intra = []
+    if fields[0] == "off" and len(fields) == 2:
+        return ["--tensorflow-intra-op-parallelism", fields[1]]
+    if len(fields) == 4:
+        intra = ["--tensorflow-intra-op-parallelism", fields.pop()]
+    if len(fields) != 3:
+        raise SystemExit(f"--sweep: {setting!r} is not SIZE:TIMEOUT_US:THREADS[:INTRA] or off:INTRA")
+    size, timeout, threads = fields
     return ["--enable-batching", "--max-batch-size", size, "--batch-timeout-micros", timeout,
-            "--num-batch-threads", threads]
+            "--num-batch-threads", threads, *intra]
 
 
 def main(argv=None) -> int:
@@ -260,8 +270,10 @@ def main(argv=None) -> int:
     parser.add_argument("--options", default="{}",
                         help='builder options as JSON without --config, e.g. \'{"width": 16}\'')
     parser.add_argument("--sweep", default=DEFAULT_SWEEP,
-                        help="batching settings max_batch_size:timeout_us:threads, comma-separated; "
-                             "the first is also measured at every concurrency")
+                        help="server settings, comma-separated: batching as "
+                             "max_batch_size:timeout_us:threads[:intra_op_threads], or off:N for "
+                             "no batching with N intra-op threads; the first is also measured "
+                             "at every concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="visits of every server")
     parser.add_argument("--requests", type=int, default=64,
                         help="requests per cell and round (at least 8 x concurrency)")
@@ -367,7 +379,8 @@ def _report(args, what, servers, latency, table, settings, before, after, wall) 
                         key=lambda r: (r["protocol"], order[r["batching"]]))
     lines += [
         "", f"Concurrent clients (closed loop, one image per request; medians over {args.rounds} "
-        "rounds; batching = max_batch_size:batch_timeout_micros:num_batch_threads; x_off = "
+        "rounds; batching = max_batch_size:batch_timeout_micros:num_batch_threads[:TensorFlow "
+        "intra-op threads], off:N = no batching with N intra-op threads; x_off = "
         "throughput over the unbatched server's in the same rounds; server_cpu_ms = the server "
         "process's CPU time per answered request):", "",
         markdown_table(main_rows, COLUMNS), "",

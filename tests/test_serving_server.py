@@ -312,11 +312,25 @@ def test_cli_options_build_the_server(base_path):
     (["serve", "--model-base-path", ".", "--labels", "stable"], "LABEL=VERSION"),
     (["serve", "--model-base-path", ".", "--max-batch-size", "8"], "--enable-batching"),
     (["serve", "--model-config-file", "/no/such/models.config"], "/no/such/models.config"),
+    (["serve", "--model-base-path", ".", "--tensorflow-intra-op-parallelism", "-1"],
+     "--tensorflow-intra-op-parallelism must be >= 0"),
 ])
 def test_cli_errors_are_one_line(argv, fragment, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0]
+
+
+def test_tensorflow_threads_cannot_change_once_tensorflow_runs(base_path, capsys):
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1.0  # TensorFlow is running in this process: its thread pools are fixed
+    current = tf.config.threading.get_inter_op_parallelism_threads()
+    argv = ["serve", "--model-base-path", str(base_path), "--port", "0", "--grpc-port", "-1",
+            "--tensorflow-inter-op-parallelism", str(current + 3)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fresh `deeplense serve` process" in err[0]
 
 
 def _wait(predicate, timeout=20.0):

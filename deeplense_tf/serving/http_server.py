@@ -260,7 +260,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(code, error_body(message or short), close=True)
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
-        log.debug("%s %s", self.address_string(), format % args)
+        # log_request calls this for every answer: format only when someone reads it.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
 
 
 def _too_large(length: int, limit: int) -> str:
