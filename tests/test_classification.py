@@ -92,7 +92,7 @@ def test_fit_temperature_recovers_a_known_temperature():
     for true_t in (2.0, 1.0, 0.5):
         p = np.exp(logits / true_t)
         p /= p.sum(axis=1, keepdims=True)
-        labels = np.array([rng.choice(3, p=row) for row in p])
+        labels = (rng.uniform(size=(len(p), 1)) > np.cumsum(p, axis=1)).sum(axis=1)  # one draw per row
         fit = fit_temperature(logits, labels)
         assert fit["temperature"] == pytest.approx(true_t, rel=0.05)
         assert fit["nll_after"] <= fit["nll_before"]
@@ -367,3 +367,15 @@ def test_a_regressor_encoder_initialises_a_classifier():
     for layer in with_weights:
         for a, b in zip(layer.get_weights(), by_name[layer.name].get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_an_ensemble_of_classifiers_is_refused(trained, tmp_path):
+    import shutil
+
+    from deeplense_tf.errors import RunError
+    from deeplense_tf.training.ensemble import ensemble_runs
+
+    for name in ("a", "b"):
+        shutil.copytree(trained["out"], tmp_path / name)
+    with pytest.raises(RunError, match="classifier"):
+        ensemble_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "ensemble")

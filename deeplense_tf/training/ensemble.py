@@ -60,6 +60,9 @@ def check_members(runs) -> list[str]:
         if key in seen:
             raise RunError(f"{run.path}: given twice; an ensemble's members must differ")
         seen[key] = run
+    classifiers = [str(run.path) for run in runs if run.head == "softmax"]
+    if classifiers:  # the mixture layer combines Gaussians; averaging probabilities is not built
+        raise RunError(f"{classifiers[0]}: a classifier (softmax head); an ensemble combines regressors")
     first_preset = (first.manifest or {}).get("preset")
     for run in runs[1:]:
         if sorted(run.targets) != sorted(first.targets):
