@@ -1,8 +1,7 @@
 """The substructure classifier's head, its loss and accuracy, and temperature scaling.
 
 `model.head: softmax` turns a run into a classifier over the classes its training data
-hold
-(`deeplense_tf.data.classes.class_names(manifest)`: `no_sub`, `cdm`, `axion` for a
+hold (`deeplense_tf.data.classes.class_names(manifest)`: `no_sub`, `cdm`, `axion` for a
 `--classes mix` data set). The model has one output, named `CLASS_TARGET` ("class"),
 built by `add_softmax_head`:
 
@@ -33,7 +32,6 @@ import tensorflow as tf
 from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.errors import RunError
 
-SOFTMAX_HEAD = "softmax"
 LOGITS_LAYER = f"head_{CLASS_TARGET}"
 
 #: Temperatures searched by `fit_temperature`. A validation split the model gets 100%
