@@ -275,6 +275,13 @@ def test_evaluation_reports_the_joint_calibration_and_a_corner_plot(fullcov_run,
     assert (tmp_path / "plots" / "corner.png").stat().st_size > 1000
     assert tmp_path / "plots" / "corner.png" in written
     assert "Joint calibration over 5 targets" in format_table(metrics)
+    # `deeplense predict` adds each pair's correlation.
+    from deeplense_tf.evaluation.predict_cli import predict_inputs
+
+    rows = predict_inputs(run, [str(data)], split="test")
+    correlation = dist.correlation()
+    assert [r["corr_lens_e1__lens_e2"] for r in rows] == pytest.approx(correlation[:, 3, 4].tolist(), abs=1e-6)
+    assert sum(k.startswith("corr_") for k in rows[0]) == 10
     # TTA: the marginals are the exact 8-view mixtures; the joint says it is moment-matched.
     tta_metrics, _ = evaluate_run(run, examples, tta=True)
     assert "moment-matched" in tta_metrics["joint"]["distribution"]

@@ -128,6 +128,12 @@ def predict_inputs(run, inputs, *, split: str = "test", tta: bool = False, batch
         df = predictions[target].get("df")  # Student-t head, without TTA (one t per image)
         if df is not None:
             columns[f"{target}_df"] = np.asarray(df, dtype=np.float64).reshape(-1)
+    if run.head == "full_covariance":  # the correlations the per-target stds leave out
+        joint = run.predict_joint(images, batch_size=batch_size, tta=tta)
+        correlation = (joint[0] if tta else joint).correlation()  # TTA: of the moment-matched mixture
+        for i, first in enumerate(run.targets):
+            for j, second in enumerate(run.targets[i + 1 :], start=i + 1):
+                columns[f"corr_{first}__{second}"] = correlation[:, i, j]
     rows = []
     for batch in batches:
         for index in range(batch.images.shape[0]):

@@ -63,6 +63,10 @@ def check_members(runs) -> list[str]:
     classifiers = [str(run.path) for run in runs if run.head == "softmax"]
     if classifiers:  # the mixture layer combines Gaussians; averaging probabilities is not built
         raise RunError(f"{classifiers[0]}: a classifier (softmax head); an ensemble combines regressors")
+    joint = [str(run.path) for run in runs if run.head == "full_covariance"]
+    if joint:  # the mixture layer mixes per-target Gaussians: it would drop the correlations
+        raise RunError(f"{joint[0]}: a full_covariance run; ensembles of joint Gaussians are not built "
+                       "yet (the per-target mixture would drop the correlations)")
     first_preset = (first.manifest or {}).get("preset")
     for run in runs[1:]:
         if sorted(run.targets) != sorted(first.targets):
