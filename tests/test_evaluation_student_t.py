@@ -125,6 +125,38 @@ def test_infer_population_with_the_calibrated_likelihood(t_run):
     assert -24.0 <= result["posterior"]["hdi_95"][0] <= result["posterior"]["hdi_95"][1] <= -22.0
 
 
+def test_infer_population_with_the_simulated_likelihood(t_run, capsys):
+    rng = np.random.default_rng(1)
+    masses = np.repeat([-24.1, -23.5, -23.0, -22.5, -21.9], 60)
+    calibration = t_run["root"] / "calibration.npz"  # lenses at fixed masses
+    np.savez(calibration, images=rng.gamma(2.0, 0.1, size=(masses.size, *SHAPE)).astype(np.float32),
+             **{TARGET: masses.astype(np.float32)})
+    out = t_run["root"] / "population-simulated"
+    base = ["infer-population", "--run", str(t_run["run"]), "--data", str(t_run["shared"]), "--grid", "401",
+            "--out", str(out), "--likelihood", "simulated"]
+    assert main(base + ["--calibration", str(calibration)]) == 0
+    result = json.loads((out / "population.json").read_text())
+    assert result["method"] == "simulated likelihood"
+    assert result["likelihood"]["masses"] == pytest.approx([-24.1, -23.5, -23.0, -22.5, -21.9])
+    assert result["likelihood"]["examples"] == 300 and result["systematic_std"] == 0.0
+    assert -24.0 <= result["posterior"]["hdi_95"][0] <= result["posterior"]["hdi_95"][1] <= -22.0
+    capsys.readouterr()
+    assert main(base) == 1  # no calibration set named
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--calibration" in err
+
+
+def test_a_calibration_set_is_simulated_at_fixed_masses(tmp_path):
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.population import simulate_calibration_set
+
+    path = simulate_calibration_set("deeplense-model-2", tmp_path / "calibration.npz", masses=[-24.1, -22.0],
+                                    per_mass=2, seed=4)
+    examples = load_examples(str(path))
+    assert examples.images.shape == (4, 64, 64, 1)
+    np.testing.assert_allclose(examples.targets[TARGET], [-24.1, -24.1, -22.0, -22.0])
+
+
 def test_export_carries_std_and_df_equal_to_keras(t_run, tmp_path):
     out = tmp_path / "export"
     assert main(["export", "--run", str(t_run["run"]), "--out", str(out), "--tflite", "fp32"]) == 0

@@ -11,7 +11,9 @@ from scipy import stats
 
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.population import (
+    SimulatedLikelihood,
     SummaryLikelihood,
+    calibration_masses,
     combine_posteriors,
     combine_summaries,
     summarise,
@@ -244,3 +246,75 @@ def test_summary_likelihood_goes_flat_where_the_model_saturates():
     assert middle["std"] == pytest.approx(math.hypot(0.05 / math.sqrt(50), floor), rel=0.2)
     no_floor = combine_summaries(Predictive(mean, std), likelihood, (-24.0, -22.0), systematic_std=0.0)
     assert no_floor.summary()["std"] < middle["std"]
+
+
+def _saturating_model(rng, theta):
+    """A toy network: its prediction bends at -23.8 (slope 0.4 below, as the light-end
+    saturation does) and is flat above -22.3 (the heavy end), with per-lens stds between
+    0.08 and 0.12 and errors of 0.6 x std, Student-t with 5 df, plus one lens in a hundred
+    far off."""
+    theta = np.asarray(theta, np.float64)
+    centre = np.where(theta < -23.8, -23.8 + 0.4 * (theta + 23.8), np.minimum(theta, -22.3))
+    std = rng.uniform(0.08, 0.12, theta.size)
+    noise = rng.standard_t(5, theta.size) * math.sqrt(3.0 / 5.0)
+    mean = centre + 0.6 * std * noise
+    wild = rng.random(theta.size) < 0.01
+    mean[wild] = rng.uniform(-24.5, -21.5, int(wild.sum()))
+    return mean, std
+
+
+def test_calibration_masses_hold_and_bracket_both_edges():
+    masses = calibration_masses((-24.0, -22.0))
+    assert masses[0] == pytest.approx(-24.2) and masses[-1] == pytest.approx(-21.8)
+    assert np.any(np.isclose(masses, -24.0)) and np.any(np.isclose(masses, -22.0))
+    assert np.allclose(np.diff(masses), 0.04)
+    with pytest.raises(DataError, match="calibration grid"):
+        calibration_masses((-22.0, -24.0))
+
+
+def test_simulated_likelihood_holds_at_the_edge_of_the_prior():
+    """Fitted on lenses at fixed masses that bracket the edges, the likelihood follows the
+    bend of the toy network: sets of 50 lenses at the prior's edge (-24) and next to it
+    (-23.9) are covered at about their rates, where the product of the posteriors misses;
+    where the network is flat the likelihood is flat too."""
+    rng = np.random.default_rng(16)
+    masses = calibration_masses((-24.0, -22.0), step=0.1)
+    truth = np.repeat(masses, 600)
+    mean, std = _saturating_model(rng, truth)
+    likelihood = SimulatedLikelihood.fit(truth, mean, std)
+    assert likelihood.masses.size == masses.size
+    k = int(np.argmin(np.abs(likelihood.masses + 23.0)))
+    assert likelihood.location[k] == pytest.approx(-23.0, abs=0.01)
+    assert math.exp(likelihood.log_spread[k]) == pytest.approx(0.6, rel=0.1)
+
+    for shared, levels in ((-24.0, "hdi"), (-23.9, "interval")):
+        hits = {68: 0, 95: 0}
+        errors = []
+        for _ in range(120):
+            lenses = Predictive(*_saturating_model(rng, np.full(50, shared)))
+            got = combine_summaries(lenses, likelihood, (-24.0, -22.0), systematic_std=0.0).summary()
+            for level in hits:
+                lo, hi = got[f"{levels}_{level}"]
+                hits[level] += lo <= shared <= hi
+            errors.append(got["map"] - shared)
+        # 120 sets: binomial standard error 0.043 at 68%, 0.020 at 95%. At the very edge the
+        # highest-density interval over-covers a little (a one-sided posterior), never under.
+        assert 0.60 <= hits[68] / 120 <= 0.85, (shared, hits)
+        assert 0.90 <= hits[95] / 120 <= 1.0, (shared, hits)
+        assert abs(np.median(errors)) < 0.02, shared
+    # The product of the toy's posteriors piles up on its bent prediction (-23.84 at -23.9).
+    product = combine_posteriors(lenses, (-24.0, -22.0), edge_correction=False).summary()
+    assert not product["interval_95"][0] <= -23.9 <= product["interval_95"][1]
+
+    # Above -22.3 the toy network is flat: so is the likelihood, and the posterior of a set
+    # at -22.0 spreads over the masses it cannot tell apart.
+    lenses = Predictive(*_saturating_model(rng, np.full(50, -22.0)))
+    flat = combine_summaries(lenses, likelihood, (-24.0, -22.0), systematic_std=0.0).summary()
+    assert flat["std"] > 0.05 and flat["hdi_95"][1] == pytest.approx(-22.0, abs=1e-3)
+
+
+def test_simulated_likelihood_needs_fixed_masses():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(-24, -22, 2000)
+    with pytest.raises(DataError, match="three or more fixed masses"):
+        SimulatedLikelihood.fit(truth, truth, np.full(truth.size, 0.1))

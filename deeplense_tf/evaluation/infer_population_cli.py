@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.evaluation.population import DEFAULT_GRID
+from deeplense_tf.evaluation.population import CALIBRATION_PER_MASS, DEFAULT_GRID
 from deeplense_tf.files import write_text_atomic
 
 RESULT_NAME = "population.json"
@@ -40,10 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-edge-correction", action="store_true",
                         help="multiply the per-lens posteriors as they are, without undoing their "
                         "truncation at the prior's edges (docs/population.md)")
-    parser.add_argument("--likelihood", choices=("posterior", "calibrated"), default="posterior",
+    parser.add_argument("--likelihood", choices=("posterior", "calibrated", "simulated"), default="posterior",
                         help="posterior: the product of the per-lens posteriors with the training prior "
                         "divided out (default); calibrated: the likelihood of each prediction given the "
-                        "shared value, calibrated on the run's validation split (docs/population.md)")
+                        "shared value, calibrated on the run's validation split; simulated: that likelihood "
+                        "fitted on lenses simulated at a grid of fixed masses bracketing the prior's edges "
+                        "(--calibration; docs/population.md)")
+    parser.add_argument("--calibration", metavar="PATH",
+                        help="with --likelihood simulated: a labelled data set of lenses at fixed masses "
+                        "(e.g. .npz); simulated there with the run's preset when it does not exist")
+    parser.add_argument("--calibration-per-mass", type=int, default=CALIBRATION_PER_MASS, metavar="N",
+                        help=f"lenses per mass when simulating --calibration (default {CALIBRATION_PER_MASS})")
     parser.add_argument("--systematic", metavar="DEX|auto",
                         help="std of the model's bias shared by all lenses, integrated out (the floor "
                         "of the combined width); 'auto' measures it on the run's validation split "
@@ -56,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def infer_population_command(run_path, data, *, split="test", limit=None, target=None, tta=False,
                              prior_range=None, grid=DEFAULT_GRID, batch_size=256, out=None,
                              edge_correction=True, systematic=None, likelihood="posterior",
+                             calibration=None, calibration_per_mass=CALIBRATION_PER_MASS,
                              verbose=True) -> dict:
     """What `deeplense infer-population` does, callable from Python; returns population.json's dict
     with `written` added."""
@@ -71,6 +79,11 @@ def infer_population_command(run_path, data, *, split="test", limit=None, target
     summary_likelihood = None
     if likelihood == "calibrated":
         summary_likelihood = _calibrated_likelihood(run, target, tta, batch_size, prior_range)
+    elif likelihood == "simulated":
+        summary_likelihood = _simulated_likelihood(run, target, tta, batch_size, calibration,
+                                                   calibration_per_mass, verbose)
+    elif calibration is not None:
+        raise ConfigError("--calibration is used with --likelihood simulated only")
     examples = load_examples(str(data), split=split, limit=limit)
     result, posterior = infer_population(run, examples, target=target, tta=tta, prior_range=prior_range,
                                          grid_size=grid, batch_size=batch_size,
@@ -142,11 +155,46 @@ def _calibrated_likelihood(run, target, tta, batch_size, prior_range):
     return fitted
 
 
+def _simulated_likelihood(run, target, tta, batch_size, calibration, per_mass, verbose):
+    """`SimulatedLikelihood` of `run` fitted on the lenses at fixed masses in `calibration`,
+    simulated there first (the run's preset, `calibration_masses` of its prior) when the
+    path does not exist."""
+    from deeplense_tf.data import load_examples
+    from deeplense_tf.evaluation.population import SimulatedLikelihood, simulate_calibration_set
+
+    if calibration is None:
+        raise ConfigError("--likelihood simulated needs --calibration PATH (lenses at fixed masses; "
+                          "simulated there when missing)")
+    target = target or run.targets[0]
+    path = Path(calibration)
+    if not path.exists():
+        preset = (run.manifest or {}).get("preset")
+        if not preset:
+            raise ConfigError(f"--calibration {path}: does not exist, and the run names no preset to simulate it")
+        if per_mass < 50:
+            raise ConfigError(f"--calibration-per-mass must be at least 50, got {per_mass}")
+        if verbose:
+            print(f"simulating {per_mass} lenses per mass of preset {preset} into {path} ...")
+        simulate_calibration_set(preset, path, per_mass=per_mass, target=target)
+    examples = load_examples(str(path), split="test")
+    truth = examples.targets.get(target)
+    if truth is None:
+        raise ConfigError(f"--calibration {path}: has no values of {target}")
+    keep = np.isfinite(truth)
+    pred = run.predict(examples.images[keep], batch_size=batch_size, tta=tta)[target]
+    fitted = SimulatedLikelihood.fit(truth[keep], pred["mean"], pred["std"])
+    if verbose:
+        print(f"likelihood of the predictions fitted on {int(fitted.counts.sum())} lenses at "
+              f"{fitted.masses.size} fixed masses ({fitted.masses[0]:g} .. {fitted.masses[-1]:g})")
+    return fitted
+
+
 def run(args) -> int:
     infer_population_command(
         args.run, args.data, split=args.split, limit=args.limit, target=args.target, tta=args.tta,
         prior_range=args.prior_range, grid=args.grid, batch_size=args.batch_size, out=args.out,
         edge_correction=not args.no_edge_correction, systematic=args.systematic,
-        likelihood=args.likelihood,
+        likelihood=args.likelihood, calibration=args.calibration,
+        calibration_per_mass=args.calibration_per_mass,
     )
     return 0

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import special
@@ -358,19 +359,272 @@ class SummaryLikelihood:
             out[:, j] = law.logpdf(mean)
         return out
 
+    def floor(self, theta: float) -> float:
+        """The calibration's own error at `theta` (physical units), shared by every lens."""
+        return float(np.interp(theta, self.grid, self.bias_error))
+
     def to_dict(self) -> dict:
-        return {"bandwidth": self.bandwidth, "examples": self.examples,
+        return {"kind": "validation split, kernel fit", "bandwidth": self.bandwidth, "examples": self.examples,
                 "theta": self.grid[::20].tolist(), "bias": self.bias[::20].tolist(),
                 "bias_error": self.bias_error[::20].tolist(), "spread": self.spread[::20].tolist()}
 
 
-def combine_summaries(predictive: Predictive, likelihood: SummaryLikelihood, prior_range, *,
+#: The default grid of fixed masses a `SimulatedLikelihood` is calibrated on: steps of about
+#: 0.04 dex that fall on both edges of the prior, continued 0.2 dex beyond each edge, so the
+#: fit at an edge is an interpolation between simulated masses, not an extrapolation.
+CALIBRATION_STEP = 0.04
+CALIBRATION_MARGIN = 0.2
+CALIBRATION_PER_MASS = 1000
+
+
+def calibration_masses(prior_range, step: float = CALIBRATION_STEP, margin: float = CALIBRATION_MARGIN):
+    """`[K]` fixed masses for a calibration set: the prior range cut into equal steps of
+    about `step` (both edges among them), extended by `margin` beyond each edge."""
+    lo, hi = (float(v) for v in prior_range)
+    if not (hi > lo and step > 0 and margin >= 0):
+        raise DataError(f"calibration grid: need lo < hi, step > 0, margin >= 0; got {prior_range}, {step}, {margin}")
+    count = max(2, round((hi - lo) / step))
+    step = (hi - lo) / count
+    extra = round(margin / step)
+    return np.round(lo + step * np.arange(-extra, count + extra + 1), 6)
+
+
+def _t_logpdf(residual, scale, df):
+    """Log density of `residual` under a Student-t of standard deviation `scale` (df > 2)."""
+    t_scale = scale * np.sqrt((df - 2.0) / df)
+    return (special.gammaln(0.5 * (df + 1.0)) - special.gammaln(0.5 * df) - 0.5 * np.log(df * np.pi)
+            - np.log(t_scale) - 0.5 * (df + 1.0) * np.log1p(np.square(residual / t_scale) / df))
+
+
+_DF_RANGE = (2.2, 200.0)
+#: The fraction of lenses a `SimulatedLikelihood` lets fall outside its fitted law (a flat
+#: density over the simulated masses ± 1 dex, which says nothing about θ): rare failures
+#: (about 0.4-1% of lenses near the edges, BENCHMARKS.md) are sampled too thinly by 1,000
+#: lenses per mass for the t's tails to describe them, and N lenses add up their pull.
+OUTLIER_FRACTION = 0.01
+
+
+def _robust_logpdf(residual, scale, df, outlier: float, log_width: float):
+    """`_t_logpdf` mixed with a flat density of weight `outlier` over a span e^log_width."""
+    if outlier <= 0:
+        return _t_logpdf(residual, scale, df)
+    return np.logaddexp(math.log1p(-outlier) + _t_logpdf(residual, scale, df), math.log(outlier) - log_width)
+
+
+def _fit_mass(mean, x, std, outlier: float, log_width: float):
+    """Maximum-likelihood (location, slope, log spread, df) of `mean = a + beta x + c std eps`,
+    eps a unit-variance Student-t, for the lenses simulated at one mass."""
+    from scipy.optimize import minimize
+
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (a0, b0), *_ = np.linalg.lstsq(design, mean, rcond=None)
+    c0 = math.log(max(float(np.std((mean - a0 - b0 * x) / std)), 1e-3))
+    lo, hi = (math.log(d - 2.0) for d in _DF_RANGE)
+
+    def nll(p):
+        a, b, log_c, u = p
+        return -float(np.sum(_robust_logpdf(mean - a - b * x, np.exp(log_c) * std, 2.0 + math.exp(u),
+                                            outlier, log_width)))
+
+    fit = minimize(nll, [a0, b0, c0, math.log(6.0)], method="L-BFGS-B",
+                   bounds=[(None, None), (None, None), (c0 - 5.0, c0 + 5.0), (lo, hi)])
+    a, b, log_c, u = fit.x
+    return a, b, log_c, 2.0 + math.exp(u)
+
+
+def _fit_location(mean, x, std, slope, log_spread, df, outlier: float, log_width: float):
+    """Maximum-likelihood a (and its standard error) of the same law with the other
+    parameters fixed: the location that goes with the smoothed slope, spread and shape."""
+    from scipy.optimize import minimize_scalar
+
+    scale = math.exp(log_spread) * std
+    centre = float(np.median(mean - slope * x))
+
+    def nll(a):
+        return -float(np.sum(_robust_logpdf(mean - a - slope * x, scale, df, outlier, log_width)))
+
+    a = float(minimize_scalar(nll, bounds=(centre - 1.0, centre + 1.0), method="bounded",
+                              options={"xatol": 1e-7}).x)
+    # The standard error from the curvature of the log-likelihood at its maximum.
+    h = 1e-4 * float(np.median(scale))
+    curvature = (nll(a + h) - 2.0 * nll(a) + nll(a - h)) / h**2
+    return a, float(1.0 / math.sqrt(curvature)) if curvature > 0 else float(np.std(mean) / math.sqrt(mean.size))
+
+
+def _local_linear(nodes, values, weights, bandwidth):
+    """`values` at `nodes` smoothed by local-linear regression (Gaussian kernel); as given for 0."""
+    if bandwidth <= 0:
+        return np.asarray(values, np.float64)
+    dx = nodes[None, :] - nodes[:, None]
+    w = weights[None, :] * np.exp(-0.5 * (dx / bandwidth) ** 2)
+    s0, s1, s2 = w.sum(1), (w * dx).sum(1), (w * dx**2).sum(1)
+    t0, t1 = (w * values).sum(1), (w * dx * values).sum(1)
+    return (s2 * t0 - s1 * t1) / (s0 * s2 - s1**2)
+
+
+@dataclass
+class SimulatedLikelihood:
+    """The likelihood of a lens's prediction given the shared value, fitted on lenses
+    simulated at a grid of fixed masses that includes and brackets the prior's edges.
+
+    The network's output (mean_i, std_i) is a summary statistic of image i. At every
+    simulated mass θ_k its conditional law is fitted by maximum likelihood,
+
+        mean_i | std_i, θ_k  ~  a_k + beta_k (log std_i - L) + c_k std_i eps,
+                                eps a unit-variance Student-t with df_k,
+
+    (L a fixed reference log std), and the parameters are interpolated linearly in θ
+    between the simulated masses: a(θ) as fitted at each mass (the bend where the model
+    starts to saturate is what matters at the edges, and smoothing would round it off),
+    beta, log c and df smoothed across masses by local-linear regression. No assumption is
+    made about how the prediction relates to θ (it can be biased, saturate, or be
+    overconfident); the likelihood is what the simulations show. Where the images cannot
+    tell masses apart a(θ) is flat and the likelihood with it.
+
+    A fraction `outlier` of lenses may fall outside that law (`OUTLIER_FRACTION`): their
+    density is flat over the simulated masses ± 1 dex, the same at every θ.
+
+    Attributes:
+        masses: `[K]` simulated masses (physical units), sorted.
+        location, slope, log_spread, df: `[K]` a_k, beta_k, log c_k, df_k.
+        location_error: `[K]` standard error of a_k (finite simulations). Every lens shares
+            it, so N lenses cannot average it away (`floor`).
+        reference_log_std: L.
+        counts: `[K]` lenses simulated at each mass.
+        smooth: the bandwidth (physical units) of the smoothing across masses.
+        outlier: the weight of the flat outlier density.
+    """
+
+    masses: np.ndarray
+    location: np.ndarray
+    slope: np.ndarray
+    log_spread: np.ndarray
+    df: np.ndarray
+    location_error: np.ndarray
+    reference_log_std: float
+    counts: np.ndarray
+    smooth: float
+    outlier: float = OUTLIER_FRACTION
+
+    @property
+    def _log_width(self) -> float:
+        return math.log(float(self.masses[-1] - self.masses[0]) + 2.0)
+
+    @classmethod
+    def fit(cls, y_true, mean, std, *, smooth: float = 0.12, min_per_mass: int = 50,
+            outlier: float = OUTLIER_FRACTION):
+        """Fit on labelled predictions (`y_true`, `mean`, `std`, each `[M]`) of lenses
+        simulated at fixed masses (`calibration_masses`, `simulate_calibration_set`);
+        masses with fewer than `min_per_mass` lenses are left out. DataError when fewer
+        than three masses remain (data drawn from a continuous prior: use
+        `SummaryLikelihood`)."""
+        y, m, sd = (np.asarray(v, np.float64).reshape(-1) for v in (y_true, mean, std))
+        ok = np.isfinite(y) & np.isfinite(m) & np.isfinite(sd) & (sd > 0)
+        y, m, sd = np.round(y[ok], 6), m[ok], sd[ok]
+        values, counts = np.unique(y, return_counts=True)
+        keep = counts >= min_per_mass
+        if keep.sum() < 3:
+            raise DataError(
+                f"simulated likelihood: need lenses at three or more fixed masses, {min_per_mass}+ each; got "
+                f"{int(keep.sum())} such masses among {values.size} distinct values (calibration_masses, "
+                "simulate_calibration_set)"
+            )
+        masses, counts = values[keep], counts[keep]
+        log_sd = np.log(sd)
+        reference = float(np.median(log_sd))
+        x = log_sd - reference
+        if not 0.0 <= outlier < 0.5:
+            raise DataError(f"simulated likelihood: outlier fraction must be in [0, 0.5), got {outlier}")
+        log_width = math.log(float(masses[-1] - masses[0]) + 2.0)
+        rows = np.array([_fit_mass(m[y == v], x[y == v], sd[y == v], outlier, log_width) for v in masses])
+        weights = counts.astype(np.float64)
+        # The slope, spread and shape vary slowly with θ: smooth them, then refit each mass's
+        # location with them fixed (a and the slope are correlated where log std is far from L).
+        slope = _local_linear(masses, rows[:, 1], weights, smooth)
+        log_spread = _local_linear(masses, rows[:, 2], weights, smooth)
+        df = np.clip(2.0 + np.exp(_local_linear(masses, np.log(rows[:, 3] - 2.0), weights, smooth)), *_DF_RANGE)
+        location = np.array([_fit_location(m[y == v], x[y == v], sd[y == v], slope[k], log_spread[k], df[k],
+                                           outlier, log_width) for k, v in enumerate(masses)])
+        return cls(masses=masses, location=location[:, 0], slope=slope, log_spread=log_spread, df=df,
+                   location_error=location[:, 1], reference_log_std=reference, counts=counts,
+                   smooth=float(smooth), outlier=float(outlier))
+
+    def _at(self, grid):
+        return [np.interp(grid, self.masses, v) for v in (self.location, self.slope, self.log_spread, self.df)]
+
+    def log_likelihood_grid(self, predictive: Predictive, grid) -> np.ndarray:
+        """`[N, G]`: log p(mean_i | std_i, θ) for every lens and every θ in `grid` (held at
+        the outermost simulated masses beyond them)."""
+        grid = np.asarray(grid, np.float64)
+        mean, std = predictive.moments()
+        x = (np.log(std) - self.reference_log_std)[:, None]
+        a, b, log_c, df = (v[None, :] for v in self._at(grid))
+        out = np.empty((len(mean), grid.size))
+        chunk = max(1, 2_000_000 // max(grid.size, 1))
+        for start in range(0, len(mean), chunk):
+            part = slice(start, start + chunk)
+            out[part] = _robust_logpdf(mean[part, None] - a - b * x[part], np.exp(log_c) * std[part, None], df,
+                                       self.outlier, self._log_width)
+        return out
+
+    def floor(self, theta: float) -> float:
+        """The shared error `combine_summaries` integrates out by default: none. With 1,000
+        lenses per mass the calibration's own error (`calibration_error`, about 0.002-0.005
+        dex) is well below the width of 50 lenses, and integrating it as a shift of the
+        truncated posterior drains the density at the prior's edge (BENCHMARKS.md); pass
+        `systematic_std` to add it."""
+        return 0.0
+
+    def calibration_error(self, theta: float) -> float:
+        """The calibration's own error at `theta` in physical units: the standard error of
+        a(θ) divided by its slope (where the model saturates, a small error in a moves θ
+        far), the slope taken as at least 0.1: where it is flatter the likelihood is flat
+        too and far wider than that error."""
+        slope = np.gradient(_local_linear(self.masses, self.location, self.counts.astype(np.float64),
+                                          self.smooth), self.masses)
+        error = float(np.interp(theta, self.masses, self.location_error))
+        return float(error / max(abs(float(np.interp(theta, self.masses, slope))), 0.1))
+
+    def to_dict(self) -> dict:
+        return {"kind": "simulated at fixed masses", "masses": self.masses.tolist(),
+                "examples": int(self.counts.sum()), "smooth": self.smooth, "outlier": self.outlier,
+                "location": self.location.tolist(), "location_error": self.location_error.tolist(),
+                "slope": self.slope.tolist(), "spread": np.exp(self.log_spread).tolist(), "df": self.df.tolist(),
+                "reference_log_std": self.reference_log_std}
+
+
+def simulate_calibration_set(preset_name: str, path, *, masses=None, per_mass: int = CALIBRATION_PER_MASS,
+                             seed: int = 1000, target: str = "log10_m_axion_ev") -> Path:
+    """Simulate `per_mass` axion lenses of preset `preset_name` at each of `masses` (default
+    `calibration_masses` of the preset's prior) into an `.npz` at `path` (`images`
+    `[M, H, W, C]` and `target` `[M]`, readable by `load_examples`); the preset's other
+    parameters are drawn as in training. Mass k uses seed `seed + k`."""
+    import dataclasses
+
+    from deeplense_tf.simulation.presets import get_preset
+    from deeplense_tf.simulation.simulator import simulate_range
+
+    preset = get_preset(preset_name)
+    masses = calibration_masses(preset.log10_m_axion_range_ev) if masses is None else np.asarray(masses)
+    images, values = [], []
+    for k, mass in enumerate(masses):
+        fixed = dataclasses.replace(preset, log10_m_axion_range_ev=(float(mass), float(mass)), classes=("axion",))
+        for example in simulate_range(fixed, int(seed) + k, 0, int(per_mass)):
+            images.append(example["image"].astype(np.float32))
+            values.append(example["targets"][target])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=np.stack(images), **{target: np.asarray(values, np.float64)})
+    return path
+
+
+def combine_summaries(predictive: Predictive, likelihood: SummaryLikelihood | SimulatedLikelihood, prior_range, *,
                       grid_size: int = DEFAULT_GRID, systematic_std: float | None = None) -> PopulationPosterior:
     """The shared value's posterior from the lenses' predictions through `likelihood`
     (uniform population prior over `prior_range`); the same result type as
     `combine_posteriors`.
 
-    `systematic_std` None (default): the calibration's own error, `likelihood.bias_error`
+    `systematic_std` None (default): the calibration's own error (`likelihood.floor`)
     where all N lenses' posterior lies, integrated out as a shared bias.
     """
     lo, hi = (float(v) for v in prior_range)
@@ -380,8 +634,7 @@ def combine_summaries(predictive: Predictive, likelihood: SummaryLikelihood, pri
     per_lens = likelihood.log_likelihood_grid(predictive, grid)
     zeros = np.zeros_like(grid)
     if systematic_std is None:
-        centre = summarise(grid, per_lens.sum(axis=0))["mean"]
-        systematic_std = float(np.interp(centre, likelihood.grid, likelihood.bias_error))
+        systematic_std = likelihood.floor(summarise(grid, per_lens.sum(axis=0))["mean"])
     return PopulationPosterior(grid=grid, per_lens=per_lens, log_population_prior=zeros, prior_range=(lo, hi),
                                systematic_std=float(systematic_std))
 
@@ -426,12 +679,12 @@ def infer_population(
     batch_size: int = 256,
     edge_correction: bool = True,
     systematic_std: float | None = None,
-    likelihood: SummaryLikelihood | None = None,
+    likelihood: SummaryLikelihood | SimulatedLikelihood | None = None,
 ) -> tuple[dict, PopulationPosterior]:
     """Predict every lens of `examples` with `run` and combine them for `target`.
 
-    With `likelihood` (a `SummaryLikelihood` fitted on labelled predictions of this run)
-    the lenses are combined through it (`combine_summaries`) instead of as a product of
+    With `likelihood` (a `SummaryLikelihood` or `SimulatedLikelihood` fitted on labelled
+    predictions of this run) the lenses are combined through it (`combine_summaries`) instead of as a product of
     posteriors. `systematic_std` None: none for the product, the calibration's own error
     for `likelihood`.
 
@@ -477,7 +730,8 @@ def infer_population(
         "tta": bool(tta),
         "family": predictive.family,
         "prior": {"kind": "uniform", "range": list(posterior.prior_range), "source": prior_source},
-        "method": "product of posteriors" if likelihood is None else "calibrated likelihood",
+        "method": ("product of posteriors" if likelihood is None else "simulated likelihood"
+                   if isinstance(likelihood, SimulatedLikelihood) else "calibrated likelihood"),
         "edge_correction": bool(edge_correction) and likelihood is None,
         "systematic_std": float(posterior.systematic_std),
         "grid": int(grid_size),
@@ -494,8 +748,6 @@ def infer_population(
 def plot_population(result: dict, posterior: PopulationPosterior, path, *, shown_lenses: int = 12):
     """Write the figure: the combined posterior (with a few single-lens ones) and its
     width against the number of lenses, with the 1/sqrt(N) line from one lens."""
-    from pathlib import Path
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
