@@ -309,3 +309,29 @@ def test_calibrate_run_composes_and_refuses_what_is_not_built(fullcov_run, tmp_p
         calibrate_run(copy, split="val", tta=True, verbose=False)
     with pytest.raises(RunError, match="full_covariance run"):
         check_members([Run.load(trained.path), after])
+
+
+def test_nine_varied_lens_targets_train_with_d4_and_stay_positive_definite(tmp_path):
+    """The real preset: 9 targets (two spin-2 pairs, a vector pair), D4 augmentation."""
+    from deeplense_tf.simulation.writer import write_dataset as simulate
+    from deeplense_tf.training import load_config, train
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        simulate("varied-lens-64", 20, tmp_path / "varied", seed=1, workers=1, progress=False)
+        config = load_config(overrides={
+            "data.path": str(tmp_path / "varied"), "model.name": "cnn", "model.head": "full_covariance",
+            "model.crop": None, "model.options": {"width": 4, "blocks": 2, "convs_per_block": 1},
+            "training.epochs": 1, "training.batch_size": 8, "training.bn_recalibration_batches": 0,
+            "data.augment": "d4",
+        })
+        run = train(config, tmp_path / "run", progress=False)
+    assert len(run.targets) == 9 and {"shear_g1", "lens_e2", "source_y_arcsec"} <= set(run.targets)
+    from deeplense_tf.data import load_examples
+
+    examples = load_examples(tmp_path / "varied", split="test")
+    joint = run.predict_joint(examples.images)
+    assert joint.covariance.shape == (len(examples.images), 9, 9)
+    assert np.linalg.eigvalsh(joint.correlation()).min() > 0
+    # TTA: the eight views, each mapped back to the original frame (P Σ Pᵀ), and their mixture.
+    mixed, views = run.predict_joint(examples.images, tta=True)
+    assert len(views) == 8 and np.isfinite(mixed.covariance).all()
