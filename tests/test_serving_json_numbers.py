@@ -100,3 +100,41 @@ def test_a_large_body_is_read_in_halves_exactly():
     assert json_numbers._read_in_halves(text, 0) is not None
     end, got = json_numbers.read_numeric_list(text, 0)
     assert end == len(text) and np.array_equal(got.astype(np.float32), x)
+
+
+def test_the_writer_gives_text_that_reads_back_to_the_same_float32():
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    special = np.array([0.0, -0.0, 1.0, 0.5, 0.1, 1e-45, -1e-45, 1.1754944e-38, 3.4028235e38,
+                        -3.4028235e38, 123456789.0, 1e16, 9.999999e15, 1e-5, 9.99999e-6],
+                       dtype=np.float32)
+    values = np.concatenate([special, bits[np.isfinite(bits)]])
+    text = json_numbers.write_float32_list(values)
+    tokens = text[1:-1].split(b",")
+    back = np.array([float(t) for t in tokens]).astype(np.float32)  # a double, then cast
+    assert np.array_equal(back.view(np.uint32), values.view(np.uint32))  # -0.0 included
+    # short where short reads back: 0.1 as "0.1", not "0.100000001" (beyond 10^+-22 the
+    # writer keeps nine digits: its check would not be exact there)
+    assert tokens[:6] == [b"0.0", b"-0.0", b"1.0", b"0.5", b"0.1", b"1.40129846e-45"]
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (2, 3), (4, 2, 1), (1, 1, 1), (5, 3, 2, 1)])
+def test_the_writer_nests_lists_as_the_json_module_does(shape):
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    text = json_numbers.write_float32_list(x)
+    assert np.array_equal(np.array(json.loads(text), dtype=np.float32), x)
+    assert np.array(json.loads(text)).shape == shape  # the nesting, not just the numbers
+
+
+def test_the_writer_splits_large_arrays_between_two_threads_without_changing_the_text(monkeypatch):
+    x = np.random.default_rng(5).gamma(0.5, 1.0, size=(7, 4, 3, 1)).astype(np.float32)
+    whole = json_numbers._write_array(x)
+    monkeypatch.setattr(json_numbers, "PARALLEL_NUMBERS", 8)
+    assert json_numbers.write_float32_list(x) == whole
+
+
+@pytest.mark.parametrize("arr", [np.array([np.nan], np.float32), np.array([np.inf], np.float32),
+                                 np.zeros((0, 3), np.float32), np.array(1.5, np.float32),
+                                 np.array([1.5])])
+def test_the_writer_leaves_other_arrays_to_orjson_or_json(arr):
+    assert json_numbers.write_float32_list(arr) is None

@@ -1,4 +1,4 @@
-"""A compiled reader for the big part of a REST body: a regular nested list of numbers.
+"""Compiled reading and writing of the big part of a REST body: a regular nested list of numbers.
 
 A batch of 64 images is 262,144 numbers, 3.4 MB of JSON. Reading it with simdjson after a
 bytes-level structure check cost ~17 ms of CPU on this project's 2-core benchmark machine
@@ -13,6 +13,11 @@ numba kernel does the job in one pass over the bytes, in about half that, withou
   implementations use); the few other numbers are read by Python's `float`. TF Serving reads
   float inputs the same way, as a double then cast (rapidjson's GetFloat).
 
+- `write_float32_list` (the REST client's side) writes a float32 array as nested lists,
+  each number with the fewest digits that read back to it by that rule; two threads share
+  a large array, ~30% less time than orjson's single-threaded 12 ms for 64 images on two
+  idle cores (orjson holds the GIL).
+
 Anything else (NaN, Infinity, empty lists, ragged lists, invalid JSON) is left to the
 callers' general JSON paths, which give TF Serving's messages. numba comes with
 lenstronomy (an install requirement); without it `available()` is False and callers keep
@@ -21,6 +26,7 @@ their slower paths.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +44,11 @@ MAX_RANK = 32  # deepest nesting read (json_tensors.MAX_JSON_RANK)
 PARALLEL_BYTES = 1 << 20
 _MAX_SLOW = 4096  # room for numbers left to Python's float; a body with more is scanned again
 
-# The decimal powers a double holds exactly: 10^0 .. 10^22.
+# The decimal powers a double holds exactly: 10^0 .. 10^22 (what the reader uses); the
+# writer scales float32 values (10^-45 .. 10^38) to nine digits with up to 10^53.
 _POW10 = np.array([float(10**k) for k in range(23)], dtype=np.float64)
+_POW10_WRITE = np.array([float(10**k) for k in range(64)], dtype=np.float64)
+PARALLEL_NUMBERS = 1 << 16  # arrays written by two threads (a 64x64 image is 4096)
 
 # Status codes of the reader.
 _OK, _NOT_HANDLED, _TOO_MANY_SLOW = 0, 1, 2
@@ -279,8 +288,178 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL[0]
 
 
+@_jit
+def _write(flat, shape, out, pow10):
+    """Writes float32 `flat` (finite) as nested lists of `shape` into out; returns the length.
+
+    Each number gets the fewest significant digits (9 or fewer) that read back to it: nine
+    always do (float32 needs at most 9; the rounding of the product below is far smaller
+    than half a float32 step), fewer are checked by reading them back exactly (only within
+    10^+-22, where that read is one correctly rounded operation, as in `_scan`).
+    """
+    rank = shape.shape[0]
+    index = np.zeros(rank, dtype=np.int64)
+    digits = np.zeros(16, dtype=np.int64)
+    o = 0
+    for _ in range(rank):
+        out[o] = 91
+        o += 1
+    n = flat.shape[0]
+    for k in range(n):
+        x = flat[k]
+        v = float(x)
+        if v < 0.0 or (v == 0.0 and np.signbit(x)):
+            out[o] = 45
+            o += 1
+            v = -v
+        if v == 0.0:
+            out[o] = 48
+            out[o + 1] = 46
+            out[o + 2] = 48
+            o += 3
+        else:
+            # log10 from the binary exponent; one too low at times, which the loop corrects
+            e10 = int(math.floor((math.frexp(v)[1] - 1) * 0.3010299956639812))
+            m = 0
+            for _ in range(3):
+                kk = 8 - e10
+                s = v * pow10[kk] if kk >= 0 else v / pow10[-kk]
+                m = int(s + 0.5)
+                if m >= 1000000000:
+                    e10 += 1
+                elif m < 100000000:
+                    e10 -= 1
+                else:
+                    break
+            nd = 9
+            p = 8
+            while p >= 1:
+                kk = p - 1 - e10
+                if kk > 22 or kk < -22:
+                    break
+                s = v * pow10[kk] if kk >= 0 else v / pow10[-kk]
+                mp = int(s + 0.5)
+                if mp >= int(pow10[p]):
+                    break
+                ee = e10 - p + 1
+                back = float(mp) * pow10[ee] if ee >= 0 else float(mp) / pow10[-ee]
+                if np.float32(back) != np.float32(v):  # v is |x|, exactly
+                    break
+                m = mp
+                nd = p
+                p -= 1
+            while nd > 1 and m % 10 == 0:  # 0.5, not 0.500000000
+                m //= 10
+                nd -= 1
+            for j in range(nd - 1, -1, -1):
+                digits[j] = 48 + m % 10
+                m //= 10
+            if -5 <= e10 < 16:
+                if e10 < 0:
+                    out[o] = 48
+                    out[o + 1] = 46
+                    o += 2
+                    for _ in range(-e10 - 1):
+                        out[o] = 48
+                        o += 1
+                    for j in range(nd):
+                        out[o] = digits[j]
+                        o += 1
+                else:
+                    for j in range(e10 + 1):
+                        out[o] = digits[j] if j < nd else 48
+                        o += 1
+                    out[o] = 46
+                    o += 1
+                    if nd > e10 + 1:
+                        for j in range(e10 + 1, nd):
+                            out[o] = digits[j]
+                            o += 1
+                    else:
+                        out[o] = 48
+                        o += 1
+            else:
+                out[o] = digits[0]
+                o += 1
+                if nd > 1:
+                    out[o] = 46
+                    o += 1
+                    for j in range(1, nd):
+                        out[o] = digits[j]
+                        o += 1
+                out[o] = 101
+                o += 1
+                if e10 < 0:
+                    out[o] = 45
+                    o += 1
+                    e10 = -e10
+                if e10 >= 10:
+                    out[o] = 48 + e10 // 10
+                    o += 1
+                out[o] = 48 + e10 % 10
+                o += 1
+        # close the lists this number ends and open the ones the next one starts
+        level = rank - 1
+        index[level] += 1
+        closed = 0
+        while level > 0 and index[level] == shape[level]:
+            index[level] = 0
+            level -= 1
+            index[level] += 1
+            closed += 1
+        if k + 1 < n:
+            for _ in range(closed):
+                out[o] = 93
+                o += 1
+            out[o] = 44
+            o += 1
+            for _ in range(closed):
+                out[o] = 91
+                o += 1
+    for _ in range(rank):
+        out[o] = 93
+        o += 1
+    return o
+
+
+def write_float32_list(arr: np.ndarray) -> bytes | None:
+    """A finite float32 array (rank >= 1, no zero dimension) as nested JSON lists.
+
+    None when numba is missing or the array is not of that kind (callers then use orjson
+    or json). An array of at least `PARALLEL_NUMBERS` numbers is written by two threads,
+    each half of the rows.
+    """
+    arr = np.asarray(arr)
+    if (numba is None or arr.dtype != np.float32 or arr.ndim < 1 or arr.size == 0
+            or arr.ndim > MAX_RANK or not np.isfinite(arr).all()):
+        return None
+    if arr.size >= PARALLEL_NUMBERS and arr.shape[0] > 1 and (os.cpu_count() or 1) > 1:
+        middle = arr.shape[0] // 2
+        second = _pool().submit(_write_array, arr[middle:])
+        first = _write_array(arr[:middle])
+        # "[a,b]" and "[c,d]" -> "[a,b,c,d]"
+        return b"".join([first[:-1], b",", memoryview(second.result())[1:]])
+    return _write_array(arr)
+
+
+def _write_array(arr: np.ndarray) -> bytes:
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    shape = np.asarray(arr.shape, dtype=np.int64)
+    lists = sum(int(np.prod(arr.shape[:k])) for k in range(arr.ndim))
+    # "-1.2345678e-38" is 14 bytes, then a comma; two brackets per list
+    out = np.empty(15 * arr.size + 2 * lists + 8, dtype=np.uint8)
+    end = _write(flat, shape, out, _POW10_WRITE)
+    return out[:end].tobytes()
+
+
 def warm_up() -> None:
     """Compiles the reader (or loads it from the on-disk cache), off the first request's time."""
     if numba is None:
         return
     read_numeric_list(b"[[0.5, -1.25e-7]]", 0)
+
+
+def warm_up_writer() -> None:
+    """Compiles the writer (or loads it from numba's cache)."""
+    if numba is not None:
+        write_float32_list(np.array([[0.5, -1.25e-7]], dtype=np.float32))
