@@ -10,6 +10,7 @@ dashboards written against it work unchanged against ``tensorflow/serving``.
 
 - ``status``: error codes; ``json_tensors`` / ``json_answers`` / ``examples_json``: TF
   Serving's JSON for predict requests, answers, and classify / regress bodies;
+  ``json_numbers``: the compiled reader (server) and writer (client) of big numeric lists;
 - ``config``: what to serve (`ModelConfig`, TF Serving's model and monitoring config files,
   labels); ``batching``: dynamic batching; ``metrics``: Prometheus counters and histograms;
 - ``servable``: one loaded version (signatures, input checks, the TensorFlow call,
