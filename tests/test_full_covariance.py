@@ -106,6 +106,22 @@ def test_model_views_are_the_joint_marginals_and_the_scale_applies_exactly(tmp_p
     np.testing.assert_allclose(scaled.mean, dist.mean, atol=1e-6)
 
 
+def test_compile_model_fits_with_the_joint_truth():
+    """The notebooks' `model.fit` path: one loss on `posterior`, y = `{posterior: [B, T]}`."""
+    from deeplense_tf.training import load_config
+    from deeplense_tf.training.model_setup import compile_model
+
+    model = build_model("cnn", SHAPE, TARGETS, head="full_covariance", normalization="none",
+                        width=4, blocks=1, convs_per_block=1)
+    compile_model(model, load_config(overrides={"model.head": "full_covariance"}), steps_per_epoch=2)
+    rng = np.random.default_rng(3)
+    images = rng.gamma(2.0, 0.1, size=(8, *SHAPE)).astype(np.float32)
+    y = rng.normal(size=(8, len(TARGETS))).astype(np.float32)
+    history = model.fit(images, {JOINT_OUTPUT: y}, epochs=1, verbose=0)
+    expected = MultivariateGaussianNLL(TARGETS).call(tf.constant(y), model(images, training=False)[JOINT_OUTPUT])
+    assert np.isfinite(history.history["loss"][0]) and np.isfinite(expected.numpy()).all()
+
+
 def test_reserved_output_name():
     from deeplense_tf.errors import ConfigError
 
