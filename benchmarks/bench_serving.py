@@ -16,7 +16,8 @@ Everything is measured side by side in one run, so the ratios hold even on a sha
    all started before any load; closed-loop clients at
    C = 1, 8, 32 (one 64x64 image per request). Each round visits every server in turn, so
    every setting sees the same machine load; throughput is the median over rounds, and
-   "x off" divides it by the unbatched server's in the same rounds.
+   "x off" divides it by the unbatched server's in the same rounds, and "x off same tf" by
+   the unbatched server's with the same TensorFlow threads (an off:N setting of the sweep).
 
 `--config FILE` exports the architecture of an experiment config (model section) with its
 initial weights: the same graph, hence the same compute per image, as the trained model.
@@ -46,7 +47,7 @@ from deeplense_tf.serving.loadtest import markdown_table, run_load  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 COLUMNS = ["protocol", "batching", "concurrency", "requests", "errors", "p50_ms", "p99_ms",
-           "throughput_rps", "x_off", "server_cpu_ms"]
+           "throughput_rps", "x_off", "x_off_same_tf", "server_cpu_ms"]
 # max_batch_size:batch_timeout_micros:num_batch_threads
 DEFAULT_SWEEP = "8:1000:1,16:2000:1,32:2000:1,32:5000:1,32:2000:2,64:5000:1"
 
@@ -233,11 +234,19 @@ def concurrency_rows(servers: dict[str, ServeProcess], image: np.ndarray, *, rou
             merged["server_cpu_ms"] = round(statistics.median(cpu), 2)
         rows.append(merged)
     for row in rows:
-        off = next((r for r in rows if r["batching"] == "off" and r["protocol"] == row["protocol"]
-                    and r["concurrency"] == row["concurrency"]), None)
-        if off and off["throughput_rps"]:
-            row["x_off"] = round(row["throughput_rps"] / off["throughput_rps"], 2)
+        for column, baseline in (("x_off", "off"), ("x_off_same_tf", _same_threads(row["batching"]))):
+            off = next((r for r in rows if r["batching"] == baseline
+                        and r["protocol"] == row["protocol"]
+                        and r["concurrency"] == row["concurrency"]), None)
+            if off and off["throughput_rps"]:
+                row[column] = round(row["throughput_rps"] / off["throughput_rps"], 2)
     return rows
+
+
+def _same_threads(setting: str) -> str:
+    """The unbatched setting with the same TensorFlow intra-op threads: 32:2000:2:1 -> off:1."""
+    fields = setting.split(":")
+    return f"off:{fields[3]}" if len(fields) == 4 else ("off" if fields[0] != "off" else setting)
 
 
 def _main_setting(servers: dict) -> str | None:
@@ -381,7 +390,9 @@ def _report(args, what, servers, latency, table, settings, before, after, wall) 
         "", f"Concurrent clients (closed loop, one image per request; medians over {args.rounds} "
         "rounds; batching = max_batch_size:batch_timeout_micros:num_batch_threads[:TensorFlow "
         "intra-op threads], off:N = no batching with N intra-op threads; x_off = "
-        "throughput over the unbatched server's in the same rounds; server_cpu_ms = the server "
+        "throughput over the unbatched server's (TensorFlow's default threads) in the same "
+        "rounds, x_off_same_tf = over the unbatched server with the same intra-op threads "
+        "(off:N; blank where the sweep has none); server_cpu_ms = the server "
         "process's CPU time per answered request):", "",
         markdown_table(main_rows, COLUMNS), "",
         "Batching sweep at concurrency 32:", "", markdown_table(sweep_rows, COLUMNS),
