@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
