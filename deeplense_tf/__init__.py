@@ -32,6 +32,8 @@ KERAS_OBJECT_MODULES = (
     "deeplense_tf.models.heads",
     "deeplense_tf.training.schedules",
     "deeplense_tf.models.ensemble",
+    "deeplense_tf.models.classification",
+    "deeplense_tf.models.covariance",
 )
 
 
