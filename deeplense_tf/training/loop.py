@@ -34,6 +34,7 @@ import tensorflow as tf
 from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.errors import ConfigError
 from deeplense_tf.files import write_text_atomic
+from deeplense_tf.models.classification import class_accuracy
 from deeplense_tf.runs import layout
 from deeplense_tf.training import finetune, resume
 from deeplense_tf.training.model_setup import make_schedule
@@ -193,8 +194,6 @@ class TrainingLoop:
         sums = {"loss": tf.reduce_sum(per_example), "count": tf.cast(tf.shape(per_example)[0], tf.float32)}
         for t in self.targets:
             if t == CLASS_TARGET:  # the softmax head: accuracy rather than an MAE
-                from deeplense_tf.models.classification import class_accuracy
-
                 sums["accuracy"] = tf.reduce_sum(class_accuracy(targets[t], outputs[t]))
                 continue
             mean = tf.cast(outputs[t][:, 0], tf.float32)
