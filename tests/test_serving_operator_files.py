@@ -116,7 +116,7 @@ def test_serving_extra_declares_what_the_serving_code_imports():
         config["options.extras_require"]["serving"]) | names(config["options.extras_require"]["cpu"])
     # Import name -> distribution; tensorflow-serving-api is installed --no-deps (setup.cfg note).
     distribution = {"grpc": "grpcio", "google": "protobuf", "orjson": "orjson", "numpy": "numpy",
-                    "simdjson": "pysimdjson",
+                    "simdjson": "pysimdjson", "numba": "numba",
                     "tensorflow": "tensorflow-cpu", "yaml": "pyyaml"}
     imported = set()
     for path in (root / "deeplense_tf" / "serving").glob("*.py"):
