@@ -41,6 +41,21 @@ def _calibration_error(abs_z: np.ndarray, scale: float, levels) -> float:
     return float(np.mean(gaps))
 
 
+def search_scale(error, low: float, high: float) -> float:
+    """The scale in [low, high] that minimises `error(scale)`: 161 log-spaced scales
+    (1.0 among them when the range is symmetric in log), then 101 around the best; among
+    equally good scales, the one nearest 1 (no change unless the data ask for one)."""
+    coarse = np.exp(np.linspace(math.log(low), math.log(high), 161))
+    errors = np.array([error(s) for s in coarse])
+    step = math.log(coarse[1] / coarse[0])
+    centre = math.log(coarse[int(np.argmin(errors))])
+    fine = np.exp(np.linspace(centre - step, centre + step, 101))
+    scales = np.concatenate([coarse, fine])
+    errors = np.concatenate([errors, [error(s) for s in fine]])
+    candidates = scales[errors <= errors.min() + 1e-12]
+    return float(candidates[np.argmin(np.abs(np.log(candidates)))])
+
+
 def fit_variance_scale(y_true, y_pred, y_std, levels=CALIBRATION_LEVELS) -> dict:
     """The std scale that best matches nominal coverage on `(y_true, y_pred, y_std)`.
 
@@ -117,16 +132,7 @@ def fit_predictive_scale(y_true, predictive: Predictive, levels=CALIBRATION_LEVE
     def error(scale):
         return float(np.mean(_coverage_gaps(y, dist, scale, levels)))
 
-    coarse = np.exp(np.linspace(math.log(0.1), math.log(10.0), 161))
-    errors = np.array([error(s) for s in coarse])
-    step = math.log(coarse[1] / coarse[0])
-    centre = math.log(coarse[int(np.argmin(errors))])
-    fine = np.exp(np.linspace(centre - step, centre + step, 101))
-    scales = np.concatenate([coarse, fine])
-    errors = np.concatenate([errors, [error(s) for s in fine]])
-    best = errors.min()
-    candidates = scales[errors <= best + 1e-12]
-    scale = float(candidates[np.argmin(np.abs(np.log(candidates)))])
+    scale = search_scale(error, 0.1, 10.0)
     curve = [level for level in levels if level <= 0.95 + 1e-9]
     marks = (0.68, 0.95)
     before = dist.central_coverage(y, marks)

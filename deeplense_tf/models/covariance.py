@@ -52,6 +52,7 @@ from scipy import stats
 
 from deeplense_tf.errors import ConfigError, RunError
 from deeplense_tf.intervals import CALIBRATION_LEVELS
+from deeplense_tf.models.calibration import search_scale
 from deeplense_tf.models.heads import (
     LOG_VAR_LIMIT,
     LogVarianceOffsetLayer,
@@ -379,15 +380,7 @@ def fit_covariance_scale(y, joint: JointGaussian, levels=CALIBRATION_LEVELS) -> 
     def error(scale):
         return _joint_calibration_error(d2, size, scale, levels)
 
-    coarse = np.exp(np.linspace(math.log(0.01), math.log(100.0), 161))
-    errors = np.array([error(s) for s in coarse])
-    step = math.log(coarse[1] / coarse[0])
-    centre = math.log(coarse[int(np.argmin(errors))])
-    fine = np.exp(np.linspace(centre - step, centre + step, 101))
-    scales = np.concatenate([coarse, fine])
-    errors = np.concatenate([errors, [error(s) for s in fine]])
-    candidates = scales[errors <= errors.min() + 1e-12]
-    scale = float(candidates[np.argmin(np.abs(np.log(candidates)))])
+    scale = search_scale(error, 0.01, 100.0)
 
     def coverage(level, c):
         return float(np.mean(d2 / c <= stats.chi2.ppf(level, size)))
