@@ -43,6 +43,14 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure atomically (a reader never sees a half-written PNG)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return path
+
+
 def write_text_atomic(path, text: str) -> Path:
     """Write `text` to `path` atomically (flushed to disk before the rename); returns `path`."""
     with atomic_path(path) as tmp, open(tmp, "w") as handle:

@@ -35,7 +35,7 @@ from deeplense_tf.data.classes import labels_for_run
 from deeplense_tf.data.schema import CLASS_TARGET
 from deeplense_tf.errors import DataError
 from deeplense_tf.evaluation.metrics import to_jsonable
-from deeplense_tf.files import atomic_path, write_text_atomic
+from deeplense_tf.files import atomic_path, save_figure, write_text_atomic
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
@@ -190,11 +190,7 @@ def plot_reliability(metrics: dict, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(metrics: dict, path, title: str = "") -> Path:
@@ -218,11 +214,7 @@ def plot_confusion(metrics: dict, path, title: str = "") -> Path:
            title=title or f"accuracy {metrics['classification']['accuracy']:.4f}")
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def write_classification(metrics: dict, table: dict, out_dir) -> list[Path]:

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from deeplense_tf.errors import DataError
-from deeplense_tf.files import atomic_path
+from deeplense_tf.files import save_figure
 from deeplense_tf.models.covariance import JOINT_LEVELS
 
 CORNER_PLOT = "corner.png"
@@ -135,8 +135,4 @@ def plot_corner(mean, covariance, truth, targets, path, *, title: str | None = N
                 ax.set_yticklabels([])
     fig.suptitle(title or "posterior (68% and 95% regions) and truth (red)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)

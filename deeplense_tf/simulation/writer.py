@@ -37,7 +37,7 @@ import numpy as np
 
 from deeplense_tf.data import schema
 from deeplense_tf.errors import ConfigError, DataError
-from deeplense_tf.files import atomic_path, write_json_atomic
+from deeplense_tf.files import save_figure, write_json_atomic
 from deeplense_tf.simulation import simulator
 from deeplense_tf.simulation.presets import Preset, get_preset
 
@@ -346,8 +346,7 @@ def _write_preview(path: Path, preset: Preset, preview: dict) -> None:
     fig.suptitle(f"{preset.name} ({preset.instrument.units}; x right, y up, "
                  f"{2 * half:.2f}\" across)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def _versions() -> dict:

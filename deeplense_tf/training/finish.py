@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplense_tf.data.schema import CLASS_TARGET
-from deeplense_tf.files import atomic_path, write_json_atomic
+from deeplense_tf.files import save_figure, write_json_atomic
 from deeplense_tf.models import covariance
 from deeplense_tf.models.calibration import apply_variance_scale, fit_predictive_scale
 from deeplense_tf.predictive import Predictive
@@ -254,9 +254,7 @@ def write_history_plot(history: list[dict], targets, target_stats: dict, best_ep
         for ax in axes[:-1]:
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return [path]
+    return [save_figure(fig, path)]
 
 
 def finish(loop: TrainingLoop, *, input_shape, manifest: dict, run_info: dict, train_examples: int,

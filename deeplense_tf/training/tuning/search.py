@@ -33,7 +33,7 @@ import keras_tuner
 import numpy as np
 
 from deeplense_tf.errors import ConfigError
-from deeplense_tf.files import atomic_path, read_yaml, write_text_atomic
+from deeplense_tf.files import atomic_path, read_yaml, save_figure, write_text_atomic
 from deeplense_tf.training.config import (
     apply_smoke,
     config_to_yaml,
@@ -219,10 +219,7 @@ def plot_scores(table, objective: str, path) -> Path:
         ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="trial", ylabel=objective, title=f"search: {objective} (lower is better)")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 
