@@ -43,20 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_overrides(args) -> dict:
-    from deeplense_tf.training.train_cli import parse_set_options
+    from deeplense_tf.training.train_cli import common_overrides
 
-    simple = {
-        "data.path": args.data,
-        "model.name": args.model,
-        "training.epochs": args.epochs,
-        "training.batch_size": args.batch_size,
-        "seed": args.seed,
-    }
-    overrides = {k: v for k, v in simple.items() if v is not None}
-    if args.smoke:
-        overrides["smoke"] = True
-    overrides.update(parse_set_options(args.set))
-    return overrides
+    return common_overrides(args)
 
 
 def run(args) -> int:

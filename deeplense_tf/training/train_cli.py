@@ -74,23 +74,33 @@ def _inherited_model_settings(init_from: str) -> dict:
     return inherited
 
 
-def build_overrides(args) -> dict:
-    overrides: dict = {}
-    if args.init_from and not args.config:
-        overrides.update(_inherited_model_settings(args.init_from))
+def common_overrides(args, extra: dict | None = None) -> dict:
+    """Config overrides from the flags `train` and `pretrain` share (--data, --model,
+    --epochs, --batch-size, --seed, --smoke, then --set), plus `extra` keys; a None value
+    is a flag not given."""
     simple = {
         "data.path": args.data,
         "model.name": args.model,
         "training.epochs": args.epochs,
         "training.batch_size": args.batch_size,
         "seed": args.seed,
-        "training.init_from": args.init_from,
-        "training.freeze_encoder_epochs": args.freeze_encoder_epochs,
+        **(extra or {}),
     }
-    overrides.update({k: v for k, v in simple.items() if v is not None})
+    overrides = {k: v for k, v in simple.items() if v is not None}
     if args.smoke:
         overrides["smoke"] = True
     overrides.update(parse_set_options(args.set))
+    return overrides
+
+
+def build_overrides(args) -> dict:
+    overrides: dict = {}
+    if args.init_from and not args.config:
+        overrides.update(_inherited_model_settings(args.init_from))
+    overrides.update(common_overrides(args, {
+        "training.init_from": args.init_from,
+        "training.freeze_encoder_epochs": args.freeze_encoder_epochs,
+    }))
     return overrides
 
 
