@@ -65,34 +65,20 @@ def evaluate_command(
     data = run.data_path(data)
     examples = load_examples(data, split=split, limit=limit)
     if run.head == "softmax":
-        return _evaluate_classifier(run, run_path, examples, split=split, tta=tta,
-                                    bins=bins or RELIABILITY_BINS, batch_size=batch_size, out=out,
-                                    verbose=verbose)
-    bins = bins or DEFAULT_BINS
-    metrics, table = evaluate_run(run, examples, tta=tta, bins=bins, batch_size=batch_size)
+        from deeplense_tf.evaluation import classification as task
+
+        evaluate_task = task.evaluate_classifier
+        format_report, write_report = task.format_classification, task.write_classification
+        bins = bins or RELIABILITY_BINS
+    else:
+        evaluate_task, format_report, write_report = evaluate_run, format_table, write_evaluation
+        bins = bins or DEFAULT_BINS
+    metrics, table = evaluate_task(run, examples, tta=tta, bins=bins, batch_size=batch_size)
     metrics = {"run": str(run_path), "split": split, **metrics}
     out_dir = Path(out) if out is not None else RunPaths(run_path).eval
-    written = write_evaluation(metrics, table, out_dir)
+    written = write_report(metrics, table, out_dir)
     if verbose:
-        print(format_table(metrics))
-        for path in written:
-            print(f"wrote {path}")
-    return dict(metrics, out_dir=str(out_dir), written=[str(p) for p in written])
-
-
-def _evaluate_classifier(run, run_path, examples, *, split, tta, bins, batch_size, out, verbose) -> dict:
-    from deeplense_tf.evaluation.classification import (
-        evaluate_classifier,
-        format_classification,
-        write_classification,
-    )
-
-    metrics, table = evaluate_classifier(run, examples, tta=tta, bins=bins, batch_size=batch_size)
-    metrics = {"run": str(run_path), "split": split, **metrics}
-    out_dir = Path(out) if out is not None else RunPaths(run_path).eval
-    written = write_classification(metrics, table, out_dir)
-    if verbose:
-        print(format_classification(metrics))
+        print(format_report(metrics))
         for path in written:
             print(f"wrote {path}")
     return dict(metrics, out_dir=str(out_dir), written=[str(p) for p in written])
