@@ -126,3 +126,17 @@ def test_dotted_helpers():
     replaced = deep_update(base, {"model": {"options": {"width": 16}}}, replace=("options",))
     assert replaced["model"] == {"crop": 48, "options": {"width": 16}}
     assert base["model"]["options"] == {"width": 8, "blocks": 2}  # inputs are not changed
+
+
+def test_a_dotted_free_form_section_replaces_and_keys_below_it_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: cnn_lstm, options: {view: polar, width: 32}}\n")
+    assert load_config(path, {"model.options.width": 8})["model"]["options"] == {"view": "polar", "width": 8}
+    # `--set model.options={}` clears the file's options (switching builders needs it) ...
+    assert load_config(path, {"model.name": "cnn", "model.options": {}})["model"]["options"] == {}
+    # ... and keys after it add to the replacement: overrides apply in order.
+    swapped = load_config(path, {"model.options": {"width": 4}, "model.options.lstm_units": 16})
+    assert swapped["model"]["options"] == {"width": 4, "lstm_units": 16}
+    # A nested mapping (as a YAML file or a notebook gives it) still merges.
+    nested = load_config(path, {"model": {"options": {"width": 4}}})
+    assert nested["model"]["options"] == {"view": "polar", "width": 4}

@@ -264,9 +264,17 @@ def set_dotted(config: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+class WholeSection(dict):
+    """A free-form section given whole by a dotted key (`--set model.options={}`): `_merge`
+    replaces the section with it instead of merging, so a user can clear or swap a
+    builder's options; keys below it (`model.options.width=32`) still merge."""
+
+
 def expand_dotted(overrides: Mapping) -> dict:
     """{"training.epochs": 3} -> {"training": {"epochs": 3}}; nested mappings are expanded
-    too and merge with what dotted keys set in the same section."""
+    too and merge with what dotted keys set in the same section. A dotted key naming a
+    free-form section (`model.options`) with a mapping becomes a `WholeSection`; later
+    keys inside it add to it (overrides apply in order)."""
     out: dict = {}
     for key, value in overrides.items():
         parts = str(key).split(".")
@@ -275,7 +283,9 @@ def expand_dotted(overrides: Mapping) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is set both as a value and a section")
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and str(key) in _FREE_FORM:
+            node[parts[-1]] = WholeSection(copy.deepcopy(dict(value)))
+        elif isinstance(value, Mapping):
             node[parts[-1]] = deep_update(node.get(parts[-1], {}), expand_dotted(value))
         else:
             node[parts[-1]] = copy.deepcopy(value)
@@ -307,7 +317,9 @@ def _merge(base: dict, update: Mapping, prefix: str = "", source: str = "config"
         dotted = f"{prefix}{key}"
         if not free and key not in base:
             raise ConfigError(_unknown_key_message(dotted, source))
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+        if isinstance(value, WholeSection):
+            out[key] = copy.deepcopy(dict(value))
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
             out[key] = _merge(base[key], value, dotted + ".", source, free or dotted in _FREE_FORM)
         elif isinstance(base.get(key), dict) and not free and dotted not in _FREE_FORM:
             raise ConfigError(f"{source}: {dotted} is a section; give it a mapping of keys")

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace a finished (or other) run in --out instead of refusing")
     parser.add_argument("--smoke", action="store_true", help="shrink everything to seconds (a check, not a result)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set training.learning_rate=3e-4 (repeatable)")
+                        help="override any config key, e.g. --set training.learning_rate=3e-4 (repeatable, applied "
+                             "in order; --set model.options={} replaces the options, "
+                             "--set model.options.width=32 changes one)")
 
 
 def parse_set_options(pairs) -> dict:
