@@ -378,3 +378,14 @@ def test_an_ensemble_of_classifiers_is_refused(trained, tmp_path):
         shutil.copytree(trained["out"], tmp_path / name)
     with pytest.raises(RunError, match="classifier"):
         ensemble_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "ensemble")
+
+
+def test_infer_population_refuses_a_classifier_in_one_line(trained, class_data, tmp_path, capsys):
+    from deeplense_tf.cli import main
+
+    code = main(["infer-population", "--run", str(trained["out"]), "--data", str(class_data),
+                 "--out", str(tmp_path / "population")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "a softmax head gives no per-lens posterior" in err
+    assert not (tmp_path / "population").exists()

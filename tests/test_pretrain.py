@@ -280,6 +280,14 @@ def test_cluster_reads_the_encoder_run(pretrained, data_dir, tmp_path):
     assert "class ARI" in printed and "random_weights ARI" in printed
 
 
+def test_export_refuses_the_encoder_run_in_one_line(pretrained, tmp_path):
+    out, _ = pretrained
+    code, _, err = _main(["export", "--run", out, "--out", tmp_path / "export"])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "a pretrained encoder (projector head) predicts no target" in err
+    assert not (tmp_path / "export").exists()
+
+
 def test_train_initialises_from_the_encoder_run(pretrained, data_dir, tmp_path):
     import keras
 

@@ -130,6 +130,9 @@ def test_space_file_and_model_errors(tmp_path, data_dir):
         tuning.resolve_search(data_dir, space=wrong_config, overrides=OVERRIDES)
     with pytest.raises(ConfigError, match="unknown model 'mlp'"):
         tuning.default_search_space("mlp")
+    classifier = load_config(overrides={"data.path": str(data_dir), "model.name": "cnn", "model.head": "softmax"})
+    with pytest.raises(ConfigError, match="the softmax head .a classifier. cannot be tuned yet"):
+        tuning.DeepLenseHyperModel(classifier)
 
 
 def test_cli_reports_a_bad_space_in_one_line(tmp_path, data_dir, capsys):

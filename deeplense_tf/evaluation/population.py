@@ -692,14 +692,18 @@ def infer_population(
     lenses, prior, method, posterior summary, narrowing; the truth when the data set
     gives one value for all lenses, or its spread otherwise).
     """
+    # Imported here: the rest of this module needs no TensorFlow.
+    from deeplense_tf.models.heads import PROBABILISTIC_HEADS
+
+    if run.head not in PROBABILISTIC_HEADS:  # point, softmax (a class), projector (an encoder)
+        raise RunError(
+            f"{getattr(run, 'path', None) or 'the run'}: a {run.head} head gives no per-lens "
+            f"posterior of a target; population inference needs a probabilistic regressor "
+            f"({', '.join(PROBABILISTIC_HEADS)})"
+        )
     target = target or run.targets[0]
     if target not in run.targets:
         raise DataError(f"the run predicts {', '.join(run.targets)}, not {target}")
-    if run.head == "point":
-        raise RunError(
-            f"{getattr(run, 'path', 'the run')}: a point head gives no per-lens posterior; "
-            "population inference needs a probabilistic head"
-        )
     images = examples.images
     truth = examples.targets.get(target)
     if truth is not None:

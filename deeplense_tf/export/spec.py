@@ -55,6 +55,11 @@ class ExportSpec:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.head == "projector":  # runs.layout.ENCODER_HEAD: a `deeplense pretrain` run
+            raise ExportError(
+                f"model {self.model_name!r}: a pretrained encoder (projector head) predicts no "
+                "target; fine-tune it (deeplense train --init-from RUN) and export that run"
+            )
         if self.head not in ("gaussian", "student_t", "point", "softmax", "full_covariance"):
             raise ExportError(f"model {self.model_name!r}: unknown head {self.head!r}")
         if self.head == "softmax" and len(self.class_names) < 2:

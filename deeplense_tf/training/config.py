@@ -303,7 +303,9 @@ def deep_update(base, update: Mapping, *, replace: tuple = ()) -> dict:
         if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key not in replace:
             out[key] = deep_update(out[key], value, replace=replace)
         else:
-            out[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+            # A WholeSection keeps its type: `_merge` must still replace with it.
+            whole = isinstance(value, WholeSection) or not isinstance(value, Mapping)
+            out[key] = copy.deepcopy(value if whole else dict(value))
     return out
 
 

@@ -145,10 +145,15 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         config["model"]["name"] = family
         # Typed and validated once; `base_config` is its dict form, which trial configs copy.
         self.experiment = ExperimentConfig.from_dict(config)
+        heads = self.space.values_of("head") or [self.experiment.model.head]
+        if "softmax" in {*heads, self.experiment.model.head}:
+            # Trials are ranked by regression metrics (val MAE / NLL of a target); a
+            # classifier's objective (cross-entropy, error rate) is not wired in yet.
+            raise ConfigError("tune searches regressors; the softmax head (a classifier) cannot be "
+                              "tuned yet: train it with deeplense train --set model.head=softmax")
         self._read_data()
         self.base_config = self.experiment.to_dict()
-        # The heads trials can have: the objective's default and choices depend on it.
-        self.heads = self.space.values_of("head") or [self.experiment.model.head]
+        self.heads = heads  # the heads trials can have: the objective's default and choices depend on it
         self.objective = resolve_objective(objective or self.space.objective, self.targets, self.heads)
 
     def _read_data(self):
