@@ -3,7 +3,7 @@
 Every notebook's first code cell is tagged `parameters`; the tests replace it with the
 small values below (the same names, so no full-size default leaks into a test run) and
 execute the notebook with nbclient in a fresh kernel of this interpreter, failing on any
-error. The notebooks share one work folder in the order 1 -> 5, as a user would run them:
+error. The notebooks share one work folder in the order 1 -> 6, as a user would run them:
 notebook 1 simulates the data set, 2 trains the run that 4 and 5 reuse. Each notebook
 also makes what it needs itself, so any one of them runs on its own (slower).
 """
@@ -30,6 +30,7 @@ NOTEBOOKS = (
     "03_tune_with_kerastuner.ipynb",
     "04_cluster_features.ipynb",
     "05_export_and_serve.ipynb",
+    "06_classes_covariance_pretraining.ipynb",
 )
 CELL_TIMEOUT_S = 600
 
@@ -47,6 +48,9 @@ SMALL = {
         "CONFIG": "smoke", "TFLITE_VARIANTS": "fp32,fp16,dynamic_int8,int8",
         "LATENCY_REPEATS": 3, "FINETUNE_BATCH": 4, "FINETUNE_STEPS": 3, "SHIFT_IMAGES": 6,
     },
+    "06_classes_covariance_pretraining.ipynb": {
+        "CONFIG": "smoke", "VARIED_IMAGES": 40, "CLUSTER_SPLIT": "train",
+    },
 }
 # What each notebook must leave in the work folder (relative paths, glob patterns).
 PRODUCES = {
@@ -63,6 +67,10 @@ PRODUCES = {
         "export/*/deeplense/1/saved_model.pb", "export/*/deeplense/1/export.json",
         "export/*/deeplense/1/tflite/model_int8.tflite",
         "export/*/deeplense/1/tflite/model_on_device.tflite",
+    ],
+    "06_classes_covariance_pretraining.ipynb": [
+        "runs/classifier-*/eval/plots/reliability.png", "runs/full-covariance-*/eval/plots/corner.png",
+        "runs/vicreg-*/run.json", "clusters/vicreg-*/scores.csv",
     ],
 }
 
@@ -180,7 +188,8 @@ def test_kernel_is_this_interpreter(tmp_path):
 
 
 def test_manifest_of_notebook_data_is_shared(work_dir):
-    """Notebooks 2-5 reused notebook 1's data set instead of simulating their own."""
+    """Notebooks 2-6 reused notebook 1's data set instead of simulating their own (notebook
+    6's second data set, another preset, lives in `data-varied/`)."""
     manifests = list(work_dir.glob("data/*/manifest.json"))
     if not manifests:
         pytest.skip("the notebook run tests did not run")
