@@ -245,6 +245,20 @@ def test_noisy_presets_add_the_instruments_noise_to_one_model_image(name):
     assert np.array_equal(noisy, simulate_example(preset, 0, 0)["image"])
 
 
+def test_the_clean_twin_draws_the_same_lenses_without_noise():
+    noisy, clean = get_preset("varied-lens-64"), get_preset("varied-lens-64-clean")
+    assert clean.image_mode == "clean" and clean.targets == noisy.targets
+    assert clean.target_kinds == noisy.target_kinds and clean.macro == noisy.macro
+    for index in range(3):
+        params_rng, _ = simulator.example_rngs(5, index)
+        params = simulator.draw_params(noisy, params_rng, "axion")
+        example = simulate_example(clean, 5, index)
+        # Same parameters from the same stream, and the noise-free render of the noisy preset.
+        assert example["targets"]["theta_e_arcsec"] == params["theta_e_arcsec"]
+        assert np.array_equal(example["image"], render_image(noisy, params))
+        assert not np.array_equal(example["image"], simulate_example(noisy, 5, index)["image"])
+
+
 def test_varied_preset_matches_lenstronomy_single_plane():
     from lenstronomy.ImSim.image_model import ImageModel
     from lenstronomy.LensModel.lens_model import LensModel
@@ -401,7 +415,8 @@ def test_varied_preset_targets_kinds_and_ranges():
 def test_get_preset_and_classes():
     assert set(presets.PRESET_NAMES) >= {"deeplense-model-1", "deeplense-model-2",
                                          "deeplense-model-3", "deeplense-model-2-noisy",
-                                         "deeplense-model-3-noisy", "varied-lens-64"}
+                                         "deeplense-model-3-noisy", "varied-lens-64",
+                                         "varied-lens-64-clean"}
     with pytest.raises(ConfigError, match="deeplense-model-2.*varied-lens-64"):
         get_preset("deeplense-model-9")
     assert get_preset("deeplense-model-2").classes == ("axion",)

@@ -114,6 +114,7 @@ IMAGE_MODES = {
                       "background), then a Poisson draw; photon counts",
     "doubled": "DeepLenseSim Models II/III: model + model, no noise (the published quirk)",
     "noisy": "model + background and Poisson noise of the instrument (lenstronomy SingleBand)",
+    "clean": "the model image alone (flux/s), no noise: the noise-free twin of a noisy preset",
 }
 
 DEEPLENSE_NUISANCES = (
@@ -339,6 +340,14 @@ def _build_presets() -> dict[str, Preset]:
         ),
         deflection_scale=1.0,
         einstein_distances="angular",
+    )
+    # The same lenses without noise: what the network can learn when the instrument adds
+    # nothing, so that the noisy preset's errors split into noise and degeneracy.
+    presets["varied-lens-64-clean"] = dataclasses.replace(
+        presets["varied-lens-64"],
+        name="varied-lens-64-clean",
+        description="varied-lens-64 without noise (the model image in e-/s): its noise-free twin",
+        image_mode="clean",
     )
     return presets
 

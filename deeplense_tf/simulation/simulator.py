@@ -211,7 +211,7 @@ def render_image(preset: Preset | str, params: dict, rng: np.random.Generator | 
     arrays, exposure_s for Model I ...); missing macro values take the preset's fixed ones.
     With `rng=None` the image is noise-free: exposure_s * model (Model I, expected photon
     counts without background), 2 * model (Models II/III as published) or model (noisy
-    presets). With an `rng`, the preset's noise is drawn from it.
+    and clean presets). With an `rng`, the preset's noise is drawn from it.
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
@@ -236,6 +236,8 @@ def render_image(preset: Preset | str, params: dict, rng: np.random.Generator | 
             band = single_band(preset.instrument)
             image = (model + rng.standard_normal(model.shape) * band.background_noise
                      + rng.standard_normal(model.shape) * band.flux_noise(model))
+    elif mode == "clean":
+        image = model  # the noise-free twin: `rng` draws nothing
     else:
         raise ValueError(f"unknown image mode {mode!r}")
     return np.asarray(image, dtype=np.float32)[:, :, None]
