@@ -120,6 +120,39 @@ def test_config_refuses_regression_options(overrides, message):
     assert load_config(overrides={"model.head": "softmax"})["model"]["head"] == "softmax"
 
 
+def test_train_per_class_is_a_classifier_key():
+    with pytest.raises(ConfigError, match="data.train_per_class counts examples per substructure class"):
+        load_config(overrides={"data.train_per_class": 10})
+    assert load_config(overrides={"model.head": "softmax", "data.train_per_class": 10})["data"]["train_per_class"] == 10
+
+
+def test_labelled_subsets_keep_the_first_examples_of_each_class(class_data):
+    """The few-shot subsets: `per_class` keeps the first k of each class in reading order,
+    `limit` the first n; `train_example_count` says how many the pipeline yields."""
+    from deeplense_tf.data import build_dataset, read_manifest
+    from deeplense_tf.training.datasets import train_example_count
+
+    def labels(**limits):
+        ds = build_dataset(class_data, "train", targets=[], classes=CLASS_NAMES, batch_size=7, **limits)
+        return np.concatenate([y[CLASS_TARGET].numpy().ravel() for _, y in ds]).astype(int)
+
+    every = labels()
+    assert np.bincount(every).tolist() == [32, 32, 32]
+    few = labels(per_class=5)
+    assert np.bincount(few).tolist() == [5, 5, 5]
+    # The same examples as the full pass's first five of each class, in the same order.
+    first = np.sort(np.concatenate([np.flatnonzero(every == c)[:5] for c in range(3)]))
+    np.testing.assert_array_equal(few, every[first])
+    np.testing.assert_array_equal(labels(limit=10), every[:10])
+    assert len(labels(per_class=50, limit=40)) == 40  # 32 of each exist; then the first 40
+
+    manifest = read_manifest(class_data)
+    for limits, expected in (({}, 96), ({"data.train_per_class": 5}, 15),
+                             ({"data.train_per_class": 50}, 96), ({"data.train_limit": 20}, 20)):
+        config = tiny_classifier_config(class_data, **limits)
+        assert train_example_count(config, manifest, [CLASS_TARGET]) == expected, limits
+
+
 # --- training end to end -------------------------------------------------------------------
 
 
@@ -389,3 +422,15 @@ def test_infer_population_refuses_a_classifier_in_one_line(trained, class_data, 
     assert code == 1 and len(err.splitlines()) == 1
     assert "a softmax head gives no per-lens posterior" in err
     assert not (tmp_path / "population").exists()
+
+
+def test_a_few_shot_classifier_trains_on_its_subset(class_data, tmp_path):
+    from deeplense_tf.training import train
+
+    config = tiny_classifier_config(class_data, **{"data.train_per_class": 8, "training.epochs": 1})
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        train(config, tmp_path / "few", progress=False)
+    assert "on 24 examples (1 steps of 16 per epoch" in printed.getvalue()
+    assert json.loads((tmp_path / "few" / "metrics.json").read_text())["train_examples"] == 24
+    with pytest.raises(DataError, match="under data.train_per_class=2, fewer than training.batch_size 16"):
+        train(tiny_classifier_config(class_data, **{"data.train_per_class": 2}), tmp_path / "tiny", progress=False)

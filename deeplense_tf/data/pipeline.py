@@ -106,6 +106,57 @@ def finalize_batch(batch, element_ids, *, targets, target_kinds, stats, normaliz
     return images, labels
 
 
+def first_examples(dataset: tf.data.Dataset, limit: int | None = None, per_class: int | None = None,
+                   num_classes: int = 0) -> tf.data.Dataset:
+    """The first `limit` examples of `dataset` (unbatched, in its reading order, which is
+    deterministic) and, with `per_class`, only the first `per_class` of each of a
+    classifier's `num_classes` labels: the labelled subsets of learning curves and
+    few-shot tables. Either None: no limit of that kind."""
+    if per_class is not None:
+        if num_classes < 1:
+            raise ConfigError("a per-class limit needs class labels (a classifier's data)")
+
+        def count(seen, example):
+            label = tf.reshape(tf.cast(example[schema.CLASS_TARGET], tf.int32), [1, 1])
+            seen = tf.tensor_scatter_nd_add(seen, label, tf.ones([1], tf.int64))
+            return seen, (example, tf.gather_nd(seen, label[0]) <= per_class)
+
+        dataset = dataset.scan(tf.zeros([num_classes], tf.int64), count)
+        dataset = dataset.filter(lambda example, keep: keep).map(lambda example, keep: example)
+    if limit is not None:
+        dataset = dataset.take(int(limit))
+    return dataset
+
+
+def limited_count(usable: int, class_counts=None, limit: int | None = None,
+                  per_class: int | None = None) -> int:
+    """How many examples `first_examples` keeps of a split with `usable` examples (and
+    `class_counts`, the examples per label, for `per_class`)."""
+    if per_class is not None:
+        usable = int(sum(min(int(n), int(per_class)) for n in class_counts))
+    return usable if limit is None else min(usable, int(limit))
+
+
+def count_classes(directory, manifest: dict, split: str, num_labels: int, class_table) -> list[int]:
+    """Examples of `split` per label (`class_table` maps a record's class_id to its label,
+    as `parse_record` does); reads only the class ids."""
+    shards, _ = split_shards(directory, manifest, split)
+    spec = {"class_id": tf.io.FixedLenFeature([], tf.int64)}
+    table = np.asarray(class_table, np.int64)
+    counts = np.zeros(num_labels, np.int64)
+    dataset = tf.data.TFRecordDataset([os.fspath(s) for s in shards]).batch(4096)
+    try:
+        for records in dataset:
+            ids = tf.io.parse_example(records, spec)["class_id"].numpy()
+            if ids.size and (ids.min() < 0 or ids.max() >= len(table)):
+                raise DataError(f"{directory}: split {split} holds a class_id outside the manifest's classes")
+            labels = table[ids]
+            counts += np.bincount(labels[labels >= 0], minlength=num_labels)[:num_labels]
+    except tf.errors.DataLossError:
+        raise DataError(f"{directory}: a {split} shard is corrupt or truncated") from None
+    return counts.tolist()
+
+
 def _checked_label(example, message):
     """The example with its class label checked: a class the caller did not name (a data
     set with more classes than the run) stops the pipeline with `message` rather than
@@ -327,6 +378,8 @@ def build_dataset(
     drop_remainder: bool = False,
     verify: bool = True,
     classes=None,
+    limit: int | None = None,
+    per_class: int | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(images [B, H, W, C] float32, {target: [B, 1] float32})`.
 
@@ -346,6 +399,8 @@ def build_dataset(
         hold `"class"` `[B, 1]` float32, the example's index into `classes` (its class
         read from the record's `class_id`), and `targets` may be empty (None = none).
         DataError when the source holds no class labels or a class not in `classes`.
+    limit, per_class: only the first `limit` usable examples, and (with `classes`) the
+        first `per_class` of each class, in reading order (`first_examples`).
     """
     if normalization not in NORMALIZATIONS:
         raise ConfigError(
@@ -427,6 +482,9 @@ def build_dataset(
                 data_classes, classes, info.name)
         dataset = tf.data.Dataset.from_tensor_slices(columns)
 
+    if limit is not None or per_class is not None:
+        dataset = first_examples(dataset, limit, per_class, len(classes) if classes is not None else 0)
+        count = min(count, limit or count, per_class * len(classes) if per_class else count)
     if cache:
         dataset = dataset.cache()
     if shuffle:

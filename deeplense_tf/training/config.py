@@ -98,6 +98,10 @@ class DataConfig:
     targets: list[str] | None = _key(None, ("list[str]", "null"))
     augment: str = _key("d4", (_STR,), _one_of(AUGMENT_MODES))
     cache: bool = _key(True, (_BOOL,))
+    # Fewer labelled training examples than the split holds (data-size learning curves,
+    # few-shot tables): the first ones in the split's reading order.
+    train_limit: int | None = _key(None, (_INT, "null"), _at_least_one)
+    train_per_class: int | None = _key(None, (_INT, "null"), _at_least_one)  # a classifier's
 
 
 @dataclass
@@ -200,6 +204,11 @@ class ExperimentConfig:
             )
         if self.model.head == "softmax":
             _check_classifier(self, source)
+        elif self.data.train_per_class is not None:
+            raise ConfigError(
+                f"{source}: data.train_per_class counts examples per substructure class, which only "
+                "a classifier (model.head softmax) has; a regressor takes data.train_limit"
+            )
         monitor = t.monitor
         if not (monitor in ("val_loss", "val_mae") or (monitor.startswith("val_") and monitor.endswith("_mae"))):
             raise ConfigError(

@@ -61,6 +61,8 @@ def make_datasets(config: dict):
         seed=config["seed"],
         cache=config["data"]["cache"],
         drop_remainder=True,
+        limit=config["data"]["train_limit"],
+        per_class=config["data"]["train_per_class"],
         **common,
     )
     val_ds = build_dataset(
@@ -68,3 +70,26 @@ def make_datasets(config: dict):
     )
     stats = {t: {"mean": float(s["mean"]), "std": float(s["std"])} for t, s in target_stats.items()}
     return train_ds, val_ds, stats, manifest
+
+
+def train_example_count(config: dict, manifest: dict, targets) -> int:
+    """The training examples the train pipeline of `make_datasets` yields per pass: those
+    with every target defined (a classifier: every example), after `data.train_limit`
+    and `data.train_per_class`."""
+    from deeplense_tf.data import count_usable_examples
+    from deeplense_tf.data.pipeline import count_classes, limited_count
+
+    data = config["data"]
+    class_counts = None
+    if config["model"]["head"] == "softmax":
+        usable = int(manifest["splits"]["train"]["count"])
+        if data["train_per_class"] is not None:
+            from deeplense_tf.data.classes import class_index_table, class_names
+            from deeplense_tf.data.schema import CLASS_NAMES
+
+            names = class_names(manifest, data["path"])  # the run's labels, as make_datasets's
+            table = class_index_table(list(manifest.get("classes") or CLASS_NAMES), names)
+            class_counts = count_classes(data["path"], manifest, "train", len(names), table)
+    else:
+        usable = count_usable_examples(data["path"], manifest, "train", targets)
+    return limited_count(usable, class_counts, data["train_limit"], data["train_per_class"])

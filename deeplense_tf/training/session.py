@@ -22,14 +22,13 @@ from pathlib import Path
 
 import keras
 
-from deeplense_tf.data import count_usable_examples
 from deeplense_tf.errors import ConfigError, DataError, RunError
 from deeplense_tf.files import write_json_atomic
 from deeplense_tf.runs import layout
 from deeplense_tf.runs.run import Run
 from deeplense_tf.training import finetune, resume
 from deeplense_tf.training.config import load_config, save_config
-from deeplense_tf.training.datasets import make_datasets, resolve_targets
+from deeplense_tf.training.datasets import make_datasets, resolve_targets, train_example_count
 from deeplense_tf.training.finish import finish
 from deeplense_tf.training.loop import TrainingLoop
 from deeplense_tf.training.model_setup import build_model_from_config, make_losses, make_optimizer
@@ -132,14 +131,14 @@ class TrainingSession:
         if self.chief:
             write_json_atomic(self.paths.target_stats, target_stats)
         global_batch = t["batch_size"]
-        if config["model"]["head"] == "softmax":  # every example has a class label
-            usable = int(self.manifest["splits"]["train"]["count"])
-        else:
-            usable = count_usable_examples(config["data"]["path"], self.manifest, "train", self.targets)
+        usable = train_example_count(config, self.manifest, self.targets)
         if usable < global_batch:
+            limits = [f"data.{k}={config['data'][k]}" for k in ("train_limit", "train_per_class")
+                      if config["data"][k] is not None]
             raise DataError(
                 f"{config['data']['path']}: the train split has {usable} examples with "
-                f"{', '.join(self.targets)} defined, fewer than training.batch_size {global_batch}"
+                f"{', '.join(self.targets)} defined{' under ' + ', '.join(limits) if limits else ''}, "
+                f"fewer than training.batch_size {global_batch}"
             )
         self.train_examples = usable
         steps_per_epoch = t["steps_per_epoch"] or usable // global_batch
