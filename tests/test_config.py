@@ -78,9 +78,12 @@ def test_an_existing_run_config_loads_and_writes_back_unchanged(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(OLD_RUN_CONFIG)
     config = load_config(path)
-    # Same keys, order and values; keys added since (the data.train_* limits) take their defaults.
+    # Same keys, order and values; keys added since (the data.train_* limits,
+    # training.jit_compile) take their defaults.
     added = "  cache: true\n  train_limit: null\n  train_per_class: null\n"
-    assert config_to_yaml(config) == OLD_RUN_CONFIG.replace("  cache: true\n", added)
+    expected = OLD_RUN_CONFIG.replace("  cache: true\n", added).replace(
+        "  mixed_precision: false\n", "  mixed_precision: false\n  jit_compile: false\n")
+    assert config_to_yaml(config) == expected
     typed = load_experiment(path)
     assert typed.training.time_budget_minutes == 45.0 and typed.model.options == {"width": 16, "blocks": 3}
     assert typed.data.targets == ["log10_m_axion_ev"]

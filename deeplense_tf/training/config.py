@@ -123,6 +123,7 @@ class TrainingConfig:
     point_loss: str = _key("huber", (_STR,), _one_of(POINT_LOSSES))
     early_stopping_patience: int | None = _key(10, (_INT, "null"), _at_least_one)
     mixed_precision: bool = _key(False, (_BOOL,))
+    jit_compile: bool = _key(False, (_BOOL,))  # XLA for the training step's forward and backward pass
     strategy: str = _key("default", (_STR,), _one_of(STRATEGIES))
     steps_per_epoch: int | None = _key(None, (_INT, "null"), _at_least_one)
     time_budget_minutes: float | None = _key(None, (_FLOAT, "null"), _positive)

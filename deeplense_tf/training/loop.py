@@ -219,13 +219,21 @@ class TrainingLoop:
         model, optimizer, strategy = self.model, self.optimizer, self.replicas.strategy
         trainable = model.trainable_variables
 
-        def replica_step(images, targets):
+        def gradients(images, targets):
             with tf.GradientTape() as tape:
                 loss, sums = self.replica_loss(images, targets, training=True)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, trainable)
+            return tape.gradient(scaled, trainable), sums
+
+        if self.config["training"]["jit_compile"]:
+            # XLA compiles the forward and backward pass only: the update stays outside,
+            # where every strategy's gradient all-reduce (a merge_call) can run.
+            gradients = tf.function(gradients, jit_compile=True)
+
+        def replica_step(images, targets):
+            grads, sums = gradients(images, targets)
             optimizer.apply_gradients(zip(grads, trainable))
             return sums
 
