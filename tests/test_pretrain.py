@@ -164,6 +164,7 @@ def test_unsafe_view_options_are_refused(option):
         ({"data.augment": "d4"}, "makes its own views"),
         ({"data.targets": ["theta_e_arcsec"]}, "reads no targets"),
         ({"training.init_from": "runs/x"}, "starts from random weights"),
+        ({"data.train_limit": 100}, "reads every train image"),
         ({"training.monitor": "val_mae"}, "monitors val_loss"),
         ({"training.epochs": 0}, "training.epochs must be >= 1"),
     ],
