@@ -25,7 +25,8 @@ minimises the expected absolute error): its MAE over the prior is the floor unde
 benchmark MAE of the preset. Noise-free presets (deeplense-model-2/-3 as published) have
 no such floor: an exact image determines the mass, so the limit there is the network.
 
-Prints the oracle MAE overall and per mass bin, the median posterior std per bin, and
+`--bin-pixels K` gives the oracle the image summed over K x K blocks, which tells how much
+of the information survives a coarser sampling. Prints the oracle MAE overall and per mass bin, the median posterior std per bin, and
 the fraction of lenses whose posterior is wider than half the prior (no information).
 """
 
@@ -68,12 +69,23 @@ def noise_variance(preset, params: dict, mu: np.ndarray) -> np.ndarray:
                      "information floor (an exact image determines the mass)")
 
 
-def log_likelihood(preset, params, image, grid) -> np.ndarray:
+def binned(a: np.ndarray, k: int) -> np.ndarray:
+    """Sums over k x k pixel blocks (edge rows and columns that do not fill a block dropped):
+    counts and independent variances both add."""
+    if k == 1:
+        return a
+    h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
+    return a[:h, :w].reshape(h // k, k, w // k, k).sum(axis=(1, 3))
+
+
+def log_likelihood(preset, params, image, grid, bin_px: int = 1) -> np.ndarray:
     out = np.empty(len(grid))
+    data = binned(image, bin_px)
     for k, log10_m in enumerate(grid):
         mu = expected_image(preset, params, log10_m)
-        var = noise_variance(preset, params, mu)
-        out[k] = -0.5 * float(np.sum((image - mu) ** 2 / var + np.log(var)))
+        var = binned(noise_variance(preset, params, mu), bin_px)
+        mu = binned(mu, bin_px)
+        out[k] = -0.5 * float(np.sum((data - mu) ** 2 / var + np.log(var)))
     return out
 
 
@@ -92,17 +104,17 @@ def posterior_summary(grid, log_like) -> tuple[float, float]:
     return median, float(math.sqrt(max(np.sum(p * (grid - mean) ** 2), 0.0)))
 
 
-def oracle(preset, seed: int, index: int, grid_size: int, refine: int) -> dict:
+def oracle(preset, seed: int, index: int, grid_size: int, refine: int, bin_px: int = 1) -> dict:
     params_rng, noise_rng = simulator.example_rngs(seed, index)
     params = simulator.draw_params(preset, params_rng, "axion")
     image = simulator.render_image(preset, params, noise_rng)[:, :, 0].astype(np.float64)
     lo, hi = preset.log10_m_axion_range_ev
     grid = np.linspace(lo, hi, grid_size)
-    median, std = posterior_summary(grid, log_likelihood(preset, params, image, grid))
+    median, std = posterior_summary(grid, log_likelihood(preset, params, image, grid, bin_px))
     step = grid[1] - grid[0]
     if refine and std < 3 * step:  # narrow: resolve it on a finer grid around the median
         fine = np.linspace(max(lo, median - 6 * max(std, step / 4)), min(hi, median + 6 * max(std, step / 4)), refine)
-        median, std = posterior_summary(fine, log_likelihood(preset, params, image, fine))
+        median, std = posterior_summary(fine, log_likelihood(preset, params, image, fine, bin_px))
     truth = float(params[AXION_TARGET])
     return {"truth": truth, "median": median, "std": std, "error": abs(median - truth)}
 
@@ -115,6 +127,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", type=int, default=81)
     parser.add_argument("--refine", type=int, default=41)
     parser.add_argument("--bins", type=int, default=8)
+    parser.add_argument("--bin-pixels", type=int, default=1, metavar="K",
+                        help="the oracle sees the image summed over K x K pixel blocks: what a "
+                             "coarser sampling (a network's polar grid, say) keeps")
     parser.add_argument("--out", help="write the per-lens results as JSON here")
     args = parser.parse_args(argv)
 
@@ -122,7 +137,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     rows = []
     for i in range(args.lenses):
-        rows.append(oracle(preset, args.seed, i, args.grid, args.refine))
+        rows.append(oracle(preset, args.seed, i, args.grid, args.refine, args.bin_pixels))
         if (i + 1) % 8 == 0:
             done = np.mean([r["error"] for r in rows])
             print(f"  {i + 1}/{args.lenses} lenses, oracle MAE so far {done:.4f} "
@@ -135,7 +150,8 @@ def main(argv=None) -> int:
     which = np.clip(np.digitize(truth, edges) - 1, 0, args.bins - 1)
     # A posterior as wide as the prior's std (2 dex / sqrt(12) = 0.58) carries no information.
     uninformed = std > 0.5 * (hi - lo) / math.sqrt(12)
-    print(f"{args.preset}: oracle posterior-median MAE {error.mean():.4f} dex "
+    seen = f", {args.bin_pixels}x{args.bin_pixels}-pixel blocks" if args.bin_pixels > 1 else ""
+    print(f"{args.preset}{seen}: oracle posterior-median MAE {error.mean():.4f} dex "
           f"(median error {np.median(error):.4f}; {args.lenses} lenses, seed {args.seed}; "
           f"{uninformed.mean():.0%} with a posterior wider than half the prior's std; "
           f"{time.perf_counter() - start:.0f} s)")

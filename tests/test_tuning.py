@@ -131,8 +131,8 @@ def test_space_file_and_model_errors(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="unknown model 'mlp'"):
         tuning.default_search_space("mlp")
     classifier = load_config(overrides={"data.path": str(data_dir), "model.name": "cnn", "model.head": "softmax"})
-    with pytest.raises(ConfigError, match="the softmax head .a classifier. cannot be tuned yet"):
-        tuning.DeepLenseHyperModel(classifier)
+    with pytest.raises(ConfigError, match="a search is over regressors or over classifiers, not both"):
+        tuning.DeepLenseHyperModel(classifier)  # the default space's head choice: regression heads
 
 
 def test_cli_reports_a_bad_space_in_one_line(tmp_path, data_dir, capsys):
@@ -398,6 +398,26 @@ def test_a_student_t_search_scores_its_nll(tmp_path, data_dir):
     assert np.isfinite(row["score"])
     assert row["score"] == pytest.approx(trial["validation"]["loss"] + math.log(stats[TARGET]["std"]))
     assert f"val_{TARGET}_nll" not in row  # the objective is the score column
+
+
+def test_a_classifier_search_scores_its_cross_entropy(tmp_path, data_dir):
+    """A softmax base config searches classifiers: objective val_loss (the validation
+    cross-entropy), with the error rate beside it; the default space drops its head choice."""
+    space = tmp_path / "tiny-softmax.yaml"
+    space.write_text(TINY.read_text().replace("head: gaussian", "head: softmax"))
+    result, _ = quiet(tuning.tune, data_dir, tmp_path / "c", space=space, max_trials=1,
+                      overrides={"model.head": "softmax"}, progress=False)
+    assert result.objective == "val_loss"
+    row = result.table.iloc[0]
+    folder = tmp_path / "c" / "search" / f"trial_{row['trial_id']}"
+    trial = json.loads((folder / "metrics.json").read_text())
+    assert row["score"] == pytest.approx(trial["validation"]["loss"])
+    assert row["val_error"] == pytest.approx(1 - trial["validation"]["accuracy"])
+    base, parsed = tuning.resolve_search(data_dir, model="cnn", overrides={"model.head": "softmax"})
+    assert "head" not in parsed.hyperparameters and base["model"]["head"] == "softmax"
+    assert tuning.resolve_objective("val_error", ["class"], ["softmax"]) == "val_error"
+    with pytest.raises(ConfigError, match="choose from val_loss, val_error"):
+        tuning.resolve_objective("val_class_mae", ["class"], ["softmax"])
 
 
 def test_several_targets_score_the_first_targets_nll(tmp_path, data_dir):

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epochs of every trial (hyperband: the largest budget); default: the space's")
     parser.add_argument("--objective", metavar="METRIC",
                         help="validation metric to minimise (default: val NLL of the first target when "
-                        "every trial has the Gaussian head, else its val MAE)")
+                        "every trial has the Gaussian or Student-t head, else its val MAE; a "
+                        "classifier's val_loss, or val_error)")
     parser.add_argument("--config", metavar="FILE", help="base experiment config (YAML or packaged preset)")
     parser.add_argument("--seed", type=int, metavar="S", help="experiment and tuner seed")
     parser.add_argument("--smoke", action="store_true", help="shrink every trial to seconds (a check, not a result)")

@@ -40,6 +40,8 @@ LIKELIHOOD_HEADS = ("gaussian", "student_t")
 
 def objective_choices(targets, heads) -> list[str]:
     """Metric names a search can optimise (all minimised)."""
+    if list(heads) == ["softmax"]:  # a classifier: cross-entropy or error rate
+        return ["val_loss", "val_error"]
     names = ["val_loss", "val_mae"]
     for t in targets:
         names += [f"val_{t}_mae", f"val_{t}_mae_physical"]
@@ -53,7 +55,9 @@ def objective_choices(targets, heads) -> list[str]:
 def default_objective(targets, heads) -> str:
     """Val NLL of the main (first) target when every trial has a likelihood head (Gaussian,
     Student-t), else its val MAE (NLL is not defined for point predictions, and the point
-    head's loss does not compare with an NLL)."""
+    head's loss does not compare with an NLL). A classifier: its val cross-entropy."""
+    if list(heads) == ["softmax"]:
+        return "val_loss"
     main = list(targets)[0]
     return f"val_{main}_nll" if set(heads) <= set(LIKELIHOOD_HEADS) else f"val_{main}_mae"
 
@@ -80,7 +84,8 @@ def trial_metrics(run_dir) -> dict:
     and per target `val_<t>_mae` (standardised), `val_<t>_mae_physical` (target units),
     `val_<t>_loss` (with several targets) and, for the Gaussian and Student-t heads,
     `val_<t>_nll` (mean negative log-likelihood in nats in target units),
-    plus `epochs` (run) and `best_epoch`.
+    plus `epochs` (run) and `best_epoch`. A classifier's: `val_loss` (cross-entropy) and
+    `val_error` (1 - accuracy).
     """
     from deeplense_tf.files import read_yaml
     from deeplense_tf.runs import layout
@@ -89,9 +94,15 @@ def trial_metrics(run_dir) -> dict:
     metrics = json.loads((run_dir / layout.METRICS_FILE).read_text())
     stats = json.loads((run_dir / layout.TARGET_STATS_FILE).read_text())
     config = read_yaml(run_dir / layout.CONFIG_FILE)
-    targets, head = list(config["data"]["targets"]), config["model"]["head"]
+    head = config["model"]["head"]
     validation = metrics["validation"]
     out = {"val_loss": float(validation["loss"])}
+    if head == "softmax":  # the cross-entropy and the error rate of the most probable class
+        out["val_error"] = 1.0 - float(validation["accuracy"])
+        out["epochs"] = float(metrics["epochs"])
+        out["best_epoch"] = float(metrics["best_epoch"] or 0)
+        return out
+    targets = list(config["data"]["targets"])
     maes = []
     for t in targets:
         entry = validation["targets"][t]
@@ -146,11 +157,13 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         # Typed and validated once; `base_config` is its dict form, which trial configs copy.
         self.experiment = ExperimentConfig.from_dict(config)
         heads = self.space.values_of("head") or [self.experiment.model.head]
-        if "softmax" in {*heads, self.experiment.model.head}:
-            # Trials are ranked by regression metrics (val MAE / NLL of a target); a
-            # classifier's objective (cross-entropy, error rate) is not wired in yet.
-            raise ConfigError("tune searches regressors; the softmax head (a classifier) cannot be "
-                              "tuned yet: train it with deeplense train --set model.head=softmax")
+        if "softmax" in {*heads, self.experiment.model.head} and set(heads) != {"softmax"}:
+            raise ConfigError(
+                f"{self.space.source or 'the search space'}: a search is over regressors or over "
+                f"classifiers, not both: head {'/'.join(heads)} with model.head "
+                f"{self.experiment.model.head} (for a classifier fix head: softmax)"
+            )
+        self.classifier = heads == ["softmax"]
         self._read_data()
         self.base_config = self.experiment.to_dict()
         self.heads = heads  # the heads trials can have: the objective's default and choices depend on it
@@ -164,11 +177,19 @@ class DeepLenseHyperModel(keras_tuner.HyperModel):
         if not path:
             raise ConfigError("data.path is not set (give --data DIR)")
         self.manifest = read_manifest(path)
-        self.targets = list(check_target_names(data.targets, self.manifest["targets"], path))
-        data.targets = list(self.targets)
         self.input_shape = tuple(self.manifest["image_shape"])
-        self.train_examples = count_usable_examples(path, self.manifest, "train", self.targets)
-        self.val_examples = count_usable_examples(path, self.manifest, "val", self.targets)
+        if self.classifier:  # the class label is the target; every example has one
+            from deeplense_tf.training.datasets import resolve_targets
+
+            self.targets = resolve_targets(self.experiment.to_dict(), self.manifest)
+            splits = self.manifest["splits"]
+            self.train_examples = int(splits["train"]["count"])
+            self.val_examples = int(splits.get("val", {}).get("count", 0))
+        else:
+            self.targets = list(check_target_names(data.targets, self.manifest["targets"], path))
+            data.targets = list(self.targets)
+            self.train_examples = count_usable_examples(path, self.manifest, "train", self.targets)
+            self.val_examples = count_usable_examples(path, self.manifest, "val", self.targets)
         if not self.val_examples:
             raise ConfigError(
                 f"{path}: no val example has {', '.join(self.targets)} defined (the objective "

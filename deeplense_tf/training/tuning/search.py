@@ -356,6 +356,10 @@ def resolve_search(data, *, model=None, space=None, config=None, overrides=None,
     family = base["model"]["name"]
     if raw_space is None:
         parsed = default_search_space(family)
+        if base["model"]["head"] == "softmax":
+            # The default space's head choice is between regression heads: a classifier's
+            # trials keep the softmax head.
+            parsed.hyperparameters.pop("head", None)
     else:
         parsed = parse_search_space(raw_space, family, source=source)
     if epochs is not None:  # --epochs fixes the epochs of every trial
