@@ -44,8 +44,12 @@ EMBED_SIGNATURE = "embed"
 EMBEDDING_OUTPUT = "embedding"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
-#: max |SavedModel - Keras| / max(1, |Keras|) allowed on every output.
-SAVED_MODEL_TOLERANCE = 1e-5
+#: max |SavedModel - Keras| / max(1, |Keras|) allowed on every output. The traced graph
+#: and Keras sum in different orders in float32: the Model I CNN-LSTM (150x150 input, a
+#: 64-step bidirectional LSTM) differs by 1.0e-5 on its Student-t degrees of freedom.
+#: Export bugs (a wrong normalisation, unit or output) differ by far more than 1e-4, the
+#: TFLite fp32 check's tolerance too.
+SAVED_MODEL_TOLERANCE = 1e-4
 
 # Written next to the model folders for the real server (tensorflow/serving reads both).
 MODELS_CONFIG = "models.config"
