@@ -230,6 +230,11 @@ def test_time_budget_plan_shrinks_at_once_and_grows_back():
     assert budget_plan(epoch=5, planned=26, configured=200, fit=21) is None
     # One epoch fewer than planned fits: shrink at once (the budget is a promise).
     assert budget_plan(epoch=5, planned=26, configured=200, fit=20) == 25
+    # Late in the plan the annealed learning rate is not lifted again...
+    assert budget_plan(epoch=20, planned=26, configured=200, fit=30) is None
+    assert budget_plan(epoch=17, planned=26, configured=200, fit=30) == 47
+    # ...but shrinking still happens to the last epoch.
+    assert budget_plan(epoch=24, planned=26, configured=200, fit=1) == 25
 
 
 def test_make_datasets_and_compile_model_for_fit(data_dir, tmp_path):
