@@ -141,10 +141,7 @@ class BatchScheduler:
                     "The batch scheduling queue to which this task was submitted is full")
             self._queue.append(task)
             self._queued_rows += rows
-            # The collector needs waking only to start a batch or to close a full one; a
-            # wake-up per request would cost a GIL hand-off each at high concurrency.
-            if len(self._queue) == 1 or self._queued_rows >= self.options.max_batch_size:
-                self._cond.notify_all()
+            self._cond.notify_all()
         return task.future.result(timeout=timeout)
 
     def close(self) -> None:
