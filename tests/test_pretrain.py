@@ -339,6 +339,76 @@ def test_pretrain_resumes_where_it_stopped(data_dir, tmp_path):
         pretrain(config, tmp_path / "cut", progress=False)
 
 
+# --- source twins ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin_dirs(tmp_path_factory):
+    """A tiny simulated Model II mix and its source twin (the same command, --source-seed 1)."""
+    root = tmp_path_factory.mktemp("twins")
+    command = ["simulate", "--preset", "deeplense-model-2", "--classes", "mix", "--num", 40,
+               "--val", 0.2, "--test", 0.2, "--seed", 3, "--workers", 1, "--no-progress"]
+    for name, extra in (("original", []), ("twin", ["--source-seed", 1])):
+        code, _, err = _main([*command, *extra, "--out", root / name])
+        assert code == 0, err
+    assert "source seed 1" in err
+    return root / "original", root / "twin"
+
+
+def test_twin_pairs_are_one_lens_with_two_sources(twin_dirs, tmp_path):
+    from deeplense_tf.data.unlabelled import check_twins, image_dataset
+
+    original, twin = twin_dirs
+    check_twins(original, twin)
+    pairs = np.concatenate([p for p, _ in image_dataset(original, "val", batch_size=3, twin=twin)])
+    alone = np.concatenate([x for x, _ in image_dataset(original, "val", batch_size=3)])
+    others = np.concatenate([x for x, _ in image_dataset(twin, "val", batch_size=3)])
+    assert pairs.shape == (8, 2, 64, 64, 1)
+    np.testing.assert_array_equal(pairs[:, 0], alone)
+    np.testing.assert_array_equal(pairs[:, 1], others)
+    assert all(not np.array_equal(a, b) for a, b in pairs)  # another source for every lens
+    # Shuffled, an image stays beside its own twin.
+    shuffled = np.concatenate([p for p, _ in image_dataset(original, "val", batch_size=4,
+                                                           twin=twin, shuffle=True, seed=1)])
+    order = [int(np.flatnonzero([np.array_equal(x, a) for a in alone])[0]) for x in shuffled[:, 0]]
+    assert order != sorted(order)
+    np.testing.assert_array_equal(shuffled[:, 1], others[order])
+
+    with pytest.raises(DataError, match="same source seed"):
+        check_twins(original, original)
+    other = tmp_path / "other-seed"
+    code, _, err = _main(["simulate", "--preset", "deeplense-model-2", "--classes", "mix",
+                          "--num", 40, "--val", 0.2, "--test", 0.2, "--seed", 4, "--workers", 1,
+                          "--source-seed", 1, "--no-progress", "--out", other])
+    assert code == 0, err
+    with pytest.raises(DataError, match="not a source twin.*seed differs"):
+        check_twins(original, other)
+
+
+def test_pretrain_on_source_twins(twin_dirs, tmp_path):
+    from deeplense_tf.runs import Run
+
+    original, twin = twin_dirs
+    out = tmp_path / "encoder"
+    # With the twin the views may all be off: image and twin differ by their source.
+    code, _, err = _main([
+        "pretrain", "--data", original, "--twin-data", twin, "--model", "cnn", "--out", out,
+        "--epochs", 1, "--batch-size", 8, *MODEL_SETS, "--set", "pretrain.projector=[16, 16]",
+        "--set", "training.bn_recalibration_batches=1",
+        "--set", "pretrain.views={d4: false, blur_sigma_px: 0, noise_std: 0}",
+    ])
+    assert code == 0, err
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["pretrain"]["twin_data"] == str(twin.resolve())
+    assert np.isfinite(_history(out)[0]["val_loss"])
+    assert Run.load(out).head == "projector"
+
+    code, _, err = _main(["pretrain", "--data", original, "--twin-data", original, "--model",
+                          "cnn", "--out", tmp_path / "refused", "--epochs", 1, *MODEL_SETS])
+    assert code != 0 and "same source seed" in err
+    assert not (tmp_path / "refused").exists()
+
+
 # --- embeddings files ---------------------------------------------------------------------
 
 

@@ -259,6 +259,40 @@ def test_the_clean_twin_draws_the_same_lenses_without_noise():
         assert not np.array_equal(example["image"], simulate_example(noisy, 5, index)["image"])
 
 
+def test_a_source_twin_is_the_same_lens_and_substructure_lensing_another_source():
+    base = get_preset("varied-lens-64", classes="mix")
+    for index in range(3):  # no_sub, cdm, axion
+        params_rng, _ = simulator.example_rngs(7, index)
+        params = simulator.draw_params(base, params_rng, simulator.class_of_index(base, index))
+        twins = [simulate_example(base.with_source_seed(k), 7, index) for k in (0, 1)]
+        original = simulate_example(base, 7, index)
+        for twin in twins:
+            # Every lens and substructure value is the original's; every varied source one is not.
+            for name in base.targets:
+                value, drawn = twin["targets"][name], original["targets"][name]
+                if name in base.source_params and base.macro_priors[name][0] != "fixed":
+                    assert value != drawn, name
+                else:
+                    assert value == drawn or (math.isnan(value) and math.isnan(drawn)), name
+            assert twin["class_id"] == original["class_id"]
+        # Re-rendering the twin's parameters gives its image (noise aside: the clean twin).
+        twin_params = simulator.redraw_source(base, params, simulator.source_twin_rngs(7, index, 1)[0])
+        for name in ("subhalo_x_arcsec", "subhalo_mass_msun", "vortex_angle_rad"):
+            assert np.array_equal(twin_params.get(name, np.nan), params.get(name, np.nan),
+                                  equal_nan=True), name
+        clean = get_preset("varied-lens-64-clean", classes="mix").with_source_seed(1)
+        assert np.array_equal(simulate_example(clean, 7, index)["image"],
+                              render_image(base, twin_params))
+        assert not np.array_equal(twins[0]["image"], twins[1]["image"])
+    # The source seed is part of the example's identity: the same seed gives the same twin.
+    again = simulate_example(base.with_source_seed(1), 7, 2)
+    assert np.array_equal(again["image"], simulate_example(base.with_source_seed(1), 7, 2)["image"])
+    assert base.with_source_seed(None) is base
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="--source-seed"):
+            base.with_source_seed(bad)
+
+
 def test_varied_preset_matches_lenstronomy_single_plane():
     from lenstronomy.ImSim.image_model import ImageModel
     from lenstronomy.LensModel.lens_model import LensModel

@@ -178,13 +178,23 @@ def test_complete_folder_is_left_alone_and_other_data_sets_are_refused(mix_datas
                          progress=False) == manifest
     for kwargs, word in ((dict(seed=4), "seed"), (dict(num=NUM + 1), "num"),
                          (dict(preset="deeplense-model-3"), "preset"),
-                         (dict(classes="axion"), "drawn_classes")):
+                         (dict(classes="axion"), "drawn_classes"),
+                         (dict(preset=get_preset(PRESET).with_source_seed(1)), "source_seed")):
         args = dict(preset=PRESET, num=NUM, out_dir=out, seed=3, shards=2, classes="mix",
                     progress=False)
         args.update(kwargs)
         with pytest.raises(DataError, match=word):
             write_dataset(**args)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    # A source twin is refused in the original's folder and the original in the twin's.
+    twin = tmp_path / "twin"
+    twin_preset = get_preset(PRESET).with_source_seed(2)
+    twin_manifest = write_dataset(twin_preset, NUM, twin, seed=3, shards=2, classes="mix",
+                                  progress=False)
+    assert twin_manifest["source_seed"] == 2 and "source_seed" not in manifest
+    with pytest.raises(DataError, match="source_seed=2, asked for source_seed=None"):
+        write_dataset(PRESET, NUM, twin, seed=3, shards=2, classes="mix", progress=False)
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

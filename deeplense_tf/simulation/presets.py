@@ -170,6 +170,11 @@ class Preset:
     vortex_mass_msun: float = 3e10
     vortex_points: int = 100
     log10_m_axion_range_ev: tuple[float, float] = (-24.0, -22.0)
+    # None: the source is drawn with the rest of the example. An integer k: the source
+    # (every `source_*` prior) and the noise are drawn again from their own stream k, so
+    # example i is the same lens and substructure as without it, lensing another source:
+    # its "source twin" (self-supervised views that change only the source, docs/pretraining.md).
+    source_seed: int | None = None
 
     def __post_init__(self):
         if self.image_mode not in IMAGE_MODES:
@@ -179,6 +184,7 @@ class Preset:
         if self.image_mode != "poisson_counts" and not self.instrument.band:
             raise ValueError(f"preset {self.name}: {self.image_mode} needs a lenstronomy band")
         parse_classes(self.classes)
+        check_source_seed(self.source_seed)
         if set(self.target_kinds) != set(self.targets):
             raise ValueError(f"preset {self.name}: target_kinds must describe every target")
 
@@ -196,6 +202,26 @@ class Preset:
         if classes is None:
             return self
         return dataclasses.replace(self, classes=parse_classes(classes))
+
+    def with_source_seed(self, source_seed: int | None) -> Preset:
+        """This preset redrawing every source from stream `source_seed` (None: as drawn)."""
+        if source_seed == self.source_seed:
+            return self
+        return dataclasses.replace(self, source_seed=check_source_seed(source_seed))
+
+    @property
+    def source_params(self) -> tuple[str, ...]:
+        """The macro parameters that describe the source (what a source twin redraws)."""
+        return tuple(name for name, _ in self.macro if name.startswith("source_"))
+
+
+def check_source_seed(source_seed):
+    """`source_seed` if None or a non-negative integer; ConfigError otherwise."""
+    if source_seed is None:
+        return None
+    if isinstance(source_seed, bool) or not isinstance(source_seed, int) or source_seed < 0:
+        raise ConfigError(f"--source-seed must be a non-negative integer, got {source_seed!r}")
+    return int(source_seed)
 
 
 def parse_classes(classes) -> tuple[str, ...]:

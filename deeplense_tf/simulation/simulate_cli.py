@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="substructure classes to draw: 'mix' (all three, in turn), "
                              "'no_sub', 'cdm', 'axion' or a comma list (default: the "
                              "preset's, axion for every preset)")
+    parser.add_argument("--source-seed", type=int, default=None, metavar="K",
+                        help="redraw every source (and the noise) from stream K: example i "
+                             "is then the same lens and substructure as without it, lensing "
+                             "another source (a source twin, for `deeplense pretrain` with "
+                             "pretrain.twin_data; docs/pretraining.md)")
     parser.add_argument("--task-index", type=int, default=None, metavar="I",
                         help="write only task I's slice (every N-th shard) into "
                              "OUT/task-I-of-N/; with --num-tasks")
@@ -52,7 +57,8 @@ def _default_workers() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    preset = get_preset(args.preset, classes=args.classes)  # validates before anything is written
+    # Validates before anything is written.
+    preset = get_preset(args.preset, classes=args.classes).with_source_seed(args.source_seed)
     workers = args.workers if args.workers is not None else _default_workers()
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -87,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{out}/{PREVIEW_NAME}")
     print(f"{out}/manifest.json")
     counts = ", ".join(f"{s} {info['count']}" for s, info in manifest["splits"].items())
+    twin = f", source seed {manifest['source_seed']}" if "source_seed" in manifest else ""
     print(f"{out}: {manifest['preset']} ({', '.join(manifest['drawn_classes'])}), seed "
-          f"{manifest['seed']}: {counts} ({elapsed:.1f} s)", file=sys.stderr)
+          f"{manifest['seed']}{twin}: {counts} ({elapsed:.1f} s)", file=sys.stderr)
     return 0

@@ -252,6 +252,23 @@ def example_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.
     return np.random.default_rng(params_seq), np.random.default_rng(noise_seq)
 
 
+def source_twin_rngs(seed: int, index: int, source_seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent (source, noise) generators of example `index`'s source twin `source_seed`.
+
+    The entropy `[seed, index, source_seed + 1]` differs from `example_rngs`' (a third entry
+    never 0, so no source seed repeats the example's own streams).
+    """
+    source_seq, noise_seq = np.random.SeedSequence(
+        [int(seed), int(index), int(source_seed) + 1]).spawn(2)
+    return np.random.default_rng(source_seq), np.random.default_rng(noise_seq)
+
+
+def redraw_source(preset: Preset, params: dict, rng: np.random.Generator) -> dict:
+    """`params` with every source parameter drawn again from its prior, in the preset's order."""
+    priors = preset.macro_priors
+    return {**params, **{name: _draw(rng, priors[name]) for name in preset.source_params}}
+
+
 def example_targets(preset: Preset, params: dict) -> dict[str, float]:
     """Regression targets of an example; NaN where the class does not define one."""
     p = {**fixed_params(preset), **params}
@@ -279,13 +296,18 @@ def simulate_example(preset: Preset | str, seed: int, index: int) -> dict:
 
     Returns {"image": float32 [H, W, 1] (instrument units), "class_id": int (index into
     schema.CLASS_NAMES), "targets": {name: float}, "nuisance": {name: float}}.
-    `preset` may be a name (the preset's default classes).
+    `preset` may be a name (the preset's default classes). With `preset.source_seed` set,
+    the lens and substructure are example `index`'s and the source and noise are redrawn
+    (`source_twin_rngs`), so two source seeds give two images of one lens.
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
     params_rng, noise_rng = example_rngs(seed, index)
     class_name = class_of_index(preset, index)
     params = draw_params(preset, params_rng, class_name)
+    if preset.source_seed is not None:
+        source_rng, noise_rng = source_twin_rngs(seed, index, preset.source_seed)
+        params = redraw_source(preset, params, source_rng)
     return {
         "image": render_image(preset, params, noise_rng),
         "class_id": CLASS_NAMES.index(class_name),

@@ -114,12 +114,19 @@ def _validate(num, seed, workers, shards, val_fraction, test_fraction) -> None:
                           f"{test_fraction}: no training example is left")
 
 
+# Identity keys written only when set (folders from before they existed lack them).
+_OPTIONAL_IDENTITY_KEYS = ("source_seed",)
+
+
 def _identity(preset: Preset, seed: int, num: int, val_fraction: float, test_fraction: float,
               plans: list[ShardPlan]) -> dict:
     """What decides the folder's content (everything but the worker count)."""
+    # `source_seed` only when set, so folders written before it existed still resume.
+    twin = {} if preset.source_seed is None else {"source_seed": preset.source_seed}
     return {
         "preset": preset.name,
         "drawn_classes": list(preset.classes),
+        **twin,
         "seed": int(seed),
         "num": int(num),
         "splits": {
@@ -154,10 +161,12 @@ def _check_folder(out: Path, identity: dict, done_name: str = schema.MANIFEST_NA
         except (OSError, ValueError) as err:
             raise DataError(f"{path} is unreadable ({err}); delete the folder or choose "
                             "another --out") from None
-        differing = [k for k in identity if held.get(k) != identity[k]]
+        # An optional key (written only when set) differs when either side has it.
+        keys = [*identity, *(k for k in _OPTIONAL_IDENTITY_KEYS if k in held and k not in identity)]
+        differing = [k for k in keys if held.get(k) != identity.get(k)]
         if differing:
             have = ", ".join(f"{k}={held.get(k)!r}" for k in differing if k != "splits")
-            want = ", ".join(f"{k}={identity[k]!r}" for k in differing if k != "splits")
+            want = ", ".join(f"{k}={identity.get(k)!r}" for k in differing if k != "splits")
             detail = f"it holds {have}, asked for {want}" if have else "its splits or shards differ"
             raise DataError(f"--out {out} already holds a different data set ({detail}); "
                             "choose another folder or delete it")
@@ -422,6 +431,7 @@ def _manifest(preset: Preset, identity: dict, splits: dict, train_shards: list[P
         "num": identity["num"],
         "classes": list(schema.CLASS_NAMES),
         "drawn_classes": list(preset.classes),
+        **({} if preset.source_seed is None else {"source_seed": preset.source_seed}),
         "image_shape": list(preset.image_shape),
         "image_units": preset.instrument.units,
         "pixel_scale_arcsec": preset.instrument.pixel_scale_arcsec,
@@ -552,7 +562,8 @@ def merge_tasks(out_dir, progress: bool = True) -> dict:
             return held
         raise DataError(f"{manifest_path} describes another data set; merge into a new folder")
 
-    preset = get_preset(identity["preset"]).with_classes(identity["drawn_classes"])
+    preset = (get_preset(identity["preset"]).with_classes(identity["drawn_classes"])
+              .with_source_seed(identity.get("source_seed")))
     train = [out / path for path in splits["train"]["shards"]]
     manifest = _manifest(preset, identity, splits, train, out / PREVIEW_NAME)
     manifest["tasks"] = {"num_tasks": num_tasks, "folders": sorted(tasks)}

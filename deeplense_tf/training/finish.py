@@ -61,7 +61,7 @@ def recalibrate_batchnorm(loop: TrainingLoop) -> dict | None:
             layer.momentum = momentum
         for k, (images, _) in enumerate(loop.train_ds.repeat().take(batches)):
             momentum.assign(k / (k + 1.0))
-            forward(images)
+            forward(loop.model_inputs(images))
     finally:
         for layer, original in zip(layers, originals):
             layer.momentum = original

@@ -207,6 +207,11 @@ class TrainingLoop:
                 sums[f"{t}_loss"] = tf.reduce_sum(per_target[t])
         return sums
 
+    def model_inputs(self, images):
+        """A training batch's images as the model takes them (for passes outside the loss,
+        such as the BatchNorm re-estimate); the pretraining loop unpairs source twins."""
+        return images
+
     def replica_loss(self, images, targets, training: bool):
         """`(loss, sums)` of one replica's batch: the loss it minimises (its share of the
         global batch's mean, so the replicas' gradients add up to the mean's) and the

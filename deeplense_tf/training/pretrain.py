@@ -53,6 +53,10 @@ PRETRAIN_DEFAULTS = {
     "variance_weight": DEFAULT_WEIGHTS["variance"],
     "covariance_weight": DEFAULT_WEIGHTS["covariance"],
     "views": dict(VIEW_OPTIONS),
+    # A source twin of data.path (`deeplense simulate ... --source-seed K`): the second view
+    # of each image is made from its twin, the same lens and substructure lensing another
+    # source, so what the two views share is the lens, not the source's position.
+    "twin_data": None,
 }
 
 # Training keys whose defaults differ for pretraining: the views replace data augmentation,
@@ -85,12 +89,17 @@ def _check_section(node, source: str) -> dict:
             value = list(check_projector(value))
         elif key == "views":
             value = check_view_options(value, where=f"{source}: pretrain.views")
+        elif key == "twin_data":
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{source}: pretrain.twin_data must be a data folder or null, "
+                                  f"got {value!r}")
         else:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(f"{source}: pretrain.{key} must be a number >= 0, got {value!r}")
             value = float(value)
         out[key] = value
-    if not any((out["views"]["d4"], out["views"]["blur_sigma_px"], out["views"]["noise_std"])):
+    views_on = any((out["views"]["d4"], out["views"]["blur_sigma_px"], out["views"]["noise_std"]))
+    if not views_on and out["twin_data"] is None:
         raise ConfigError(f"{source}: pretrain.views turns every view off, so both views of an "
                           "image are the image and there is nothing to learn")
     return out
@@ -178,12 +187,23 @@ class PretrainLoop(TrainingLoop):
         second = tf.cast(counter, tf.int64) * 1024 + tf.cast(replica_id, tf.int64)
         return tf.stack([first, second])
 
+    def model_inputs(self, images):
+        """Source-twin pairs `[B, 2, H, W, C]` as `[2B, H, W, C]`; single images as they are."""
+        if images.shape.rank == 5:
+            return tf.reshape(images, [-1, *images.shape[2:]])
+        return images
+
     def pair_loss(self, images, seed, training: bool):
-        """`(loss, sums)` of two views of `images` (`[B, H, W, C]`) made from `seed`."""
+        """`(loss, sums)` of two views made from `seed` of `images`: `[B, H, W, C]` (both
+        views of each image) or `[B, 2, H, W, C]` (image and source twin, one view each)."""
         count = tf.shape(images)[0]
         seeds = tf.random.experimental.stateless_split(seed, 2)
-        first = make_view(images, seeds[0], **self.views)
-        second = make_view(images, seeds[1], **self.views)
+        if images.shape.rank == 5:
+            first, second = images[:, 0], images[:, 1]
+        else:
+            first = second = images
+        first = make_view(first, seeds[0], **self.views)
+        second = make_view(second, seeds[1], **self.views)
         projections = self.model(tf.concat([first, second], axis=0), training=training)
         terms = vicreg_terms(projections[:count], projections[count:])
         loss = vicreg_loss(terms, self.weights)
@@ -228,6 +248,7 @@ class PretrainLoop(TrainingLoop):
             "objective": section["objective"],
             "weights": self.weights,
             "views": self.views,
+            "twin_data": section["twin_data"],
             "embedding_dim": int(embedding.shape[-1]),
             "projection_dim": int(self.model.outputs[0].shape[-1]),
             "validation": {k[len("val_"):]: final_val[k] for k in sorted(final_val)
@@ -249,6 +270,12 @@ class PretrainSession(TrainingSession):
             raise ConfigError("data.path is not set (give --data DIR or data.path in the config)")
         config["data"]["path"] = str(Path(config["data"]["path"]).expanduser().resolve())
         manifest = read_manifest(config["data"]["path"])
+        twin = config["pretrain"]["twin_data"]
+        if twin is not None:
+            from deeplense_tf.data.unlabelled import check_twins
+
+            twin = config["pretrain"]["twin_data"] = str(Path(twin).expanduser().resolve())
+            check_twins(config["data"]["path"], twin)
         if not manifest["splits"].get("val", {}).get("count"):
             raise DataError(f"{config['data']['path']}: has no val split (needed for val_loss, "
                             "early stopping and the best model)")
@@ -282,9 +309,10 @@ class PretrainSession(TrainingSession):
             )
         path = config["data"]["path"]
         cache = config["data"]["cache"]
+        twin = config["pretrain"]["twin_data"]
         train_ds = image_dataset(path, "train", batch_size=t["batch_size"], shuffle=True,
-                                 seed=config["seed"], cache=cache, drop_remainder=True)
-        val_ds = image_dataset(path, "val", batch_size=t["batch_size"], cache=cache)
+                                 seed=config["seed"], cache=cache, drop_remainder=True, twin=twin)
+        val_ds = image_dataset(path, "val", batch_size=t["batch_size"], cache=cache, twin=twin)
         if self.chief:
             write_json_atomic(self.paths.target_stats, {})  # no targets (the folder's contract)
         usable = int(self.manifest["splits"]["train"]["count"])

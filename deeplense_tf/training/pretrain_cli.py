@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR",
                         help="simulated data directory (manifest + shards); its labels are not "
                              "read; sets data.path")
+    parser.add_argument("--twin-data", metavar="DIR",
+                        help="the source twin of --data (the same `deeplense simulate` command "
+                             "plus --source-seed K): the second view of each image is its twin, "
+                             "one lens lensing another source; sets pretrain.twin_data")
     parser.add_argument("--model", metavar="NAME",
                         help="encoder architecture (cnn, resnet, efficientnet, vit, cnn_lstm); "
                              "sets model.name")
@@ -45,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_overrides(args) -> dict:
     from deeplense_tf.training.train_cli import common_overrides
 
-    return common_overrides(args)
+    return common_overrides(args, {"pretrain.twin_data": args.twin_data})
 
 
 def run(args) -> int:
