@@ -3,7 +3,9 @@
 Unlabelled images (every class of a simulated data set, labels unread) train an encoder
 with a projector (`models/projector.py`) so that two lens-safe views of one image
 (`data/views.py`: D4 element, PSF blur, detector noise) get the same projection while the
-projections stay spread and decorrelated over the batch (`models/vicreg.py`). The run
+projections stay spread and decorrelated over the batch (`models/vicreg.py`). With
+`pretrain.twin_data` the second view is made from the image's source twin (the same lens
+and substructure lensing another source, `deeplense simulate --source-seed`). The run
 folder is an ordinary one (`runs/layout.py`), marked by run.json's `head: projector`
 (`layout.ENCODER_HEAD`), with no targets: `deeplense cluster` reads its `embedding`
 layer as it reads a regressor's, and `deeplense train --set training.init_from=RUN` copies
