@@ -40,8 +40,10 @@ def check_twins(directory, twin) -> None:
             raise DataError(f"{twin} is not a source twin of {directory}: {key} differs "
                             f"({second.get(key)!r} vs {first.get(key)!r}); simulate it with the "
                             "same command plus --source-seed K")
+
     def plan(manifest):  # split sizes and shard names: the order the examples are read in
-        return {split: (info.get("count"), [os.path.basename(str(name)) for name in info.get("shards", [])])
+        return {split: (info.get("count"), [os.path.basename(str(name))
+                                            for name in info.get("shards", [])])
                 for split, info in manifest["splits"].items()}
 
     if plan(first) != plan(second):
@@ -54,7 +56,7 @@ def check_twins(directory, twin) -> None:
 
 
 def _split_images(directory, split: str, verify: bool):
-    """(dataset of single images in file order, count) of one split."""
+    """(dataset of single images in file order, their count, the image shape) of one split."""
     manifest = read_manifest(directory)
     if verify:
         verify_split(directory, split, manifest)
